@@ -1,0 +1,3 @@
+from jianmu.cli import app
+
+app()

@@ -1,0 +1,313 @@
+"""Typed configuration: pydantic models, YAML loading and ``--set`` overrides.
+
+One precedence, written once in :func:`load_config`: defaults < YAML file < ``--set a.b=value`` <
+named options. This module imports neither torch nor the rest of jianmu (except the error type), so the
+CLI can validate a config before any heavy import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jianmu.errors import JianmuError
+
+Domain = Literal["wood", "weed_seed", "insect"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the images are and how they are audited and split."""
+
+    root: Path | None = None
+    manifest: Path | None = None
+    domain: Domain = "wood"
+    taxonomy: Path | None = Field(
+        default=None, description="taxonomy YAML; default: configs/taxonomy/<domain>.yaml"
+    )
+    extensions: list[str] = list(IMAGE_EXTENSIONS)
+    specimen_pattern: str | None = Field(
+        default=None,
+        description="regex on the file name (without extension) whose group 'specimen' (or group 1) "
+        "names the specimen; default: the sub-folder under the class folder, else the file itself",
+    )
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    near_duplicate_distance: int = Field(
+        default=4, ge=0, le=64, description="max perceptual-hash Hamming distance of near-duplicates"
+    )
+    min_images_per_class: int = Field(default=10, ge=1)
+    min_image_side: int = Field(default=64, ge=1)
+    workers: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        return self
+
+
+class AugmentConfig(_Strict):
+    """Training augmentation in three stages: geometry -> appearance -> normalize."""
+
+    preset: str | None = Field(
+        default=None, description="name of configs/augment/<preset>.yaml filling unset fields"
+    )
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333)
+    hflip: bool = True
+    vflip: bool = False
+    rotate90: bool = False
+    rotate_limit: float = Field(default=0.0, ge=0.0, le=180.0)
+    appearance: list[dict[str, dict[str, Any]]] | None = Field(
+        default=None, description="albumentations transforms as [{Name: {kwarg: value}}]"
+    )
+
+
+class ModelConfig(_Strict):
+    name: str = "resnet18"
+    pretrained: bool = Field(default=False, description="download weights from the hub (online)")
+    pretrained_path: Path | None = None
+    img_size: int = Field(default=224, ge=16, le=2048)
+    crop_pct: float = Field(default=1.0, gt=0.0, le=1.0)
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: str = "adamw"
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.05, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: int = Field(default=2, ge=0)
+    min_lr: float = Field(default=1e-6, ge=0.0)
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
+    mixup: float = Field(default=0.0, ge=0.0)
+    cutmix: float = Field(default=0.0, ge=0.0)
+    ema: bool = False
+    ema_decay: float = Field(default=0.999, gt=0.0, lt=1.0)
+    grad_clip: float | None = Field(default=None, gt=0.0)
+    imbalance: Literal["none", "sampler", "loss"] = "none"
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    monitor: Literal["val_top1", "val_loss", "val_macro_f1"] = "val_top1"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    workers: int = Field(default=2, ge=0)
+    deterministic: bool = False
+    quiet: bool = False
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(default=64, ge=1)
+    tta: bool = False
+    specimen_aggregation: Literal["mean", "vote", "max"] = "mean"
+    calibrate: bool = True
+    unknown_score: Literal["msp", "energy", "mahalanobis", "knn"] = "msp"
+    target_known_recall: float = Field(default=0.95, gt=0.0, le=1.0)
+
+
+class ExportConfig(_Strict):
+    format: Literal["onnx", "torchscript"] = "onnx"
+    opset: int = Field(default=17, ge=17)
+    int8: bool = False
+    min_top1_agreement: float = Field(default=0.995, ge=0.0, le=1.0)
+    int8_max_top1_drop: float = Field(default=1.0, ge=0.0, description="percentage points")
+    calibration_images: int = Field(default=128, ge=1)
+
+
+class Config(_Strict):
+    """Everything a run needs. ``train.epochs`` in YAML is ``--set train.epochs=`` here too."""
+
+    seed: int = 42
+    out: Path | None = None
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+
+
+def find_configs_dir() -> Path:
+    """The shipped ``configs/`` folder: $JIANMU_CONFIGS, the source checkout, or the installed copy."""
+    candidates = [
+        Path(os.environ["JIANMU_CONFIGS"]) if os.environ.get("JIANMU_CONFIGS") else None,
+        Path(__file__).resolve().parent.parent / "configs",
+        Path(sys.prefix) / "share" / "jianmu" / "configs",
+    ]
+    for candidate in candidates:
+        if candidate is not None and (candidate / "taxonomy").is_dir():
+            return candidate
+    raise JianmuError("cannot find the jianmu configs folder; set JIANMU_CONFIGS to its path")
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read one YAML file, turning any failure into a one-line JianmuError."""
+    path = Path(path)
+    if not path.is_file():
+        raise JianmuError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise JianmuError(f"cannot read YAML {path}: {first_line}") from None
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["train.epochs=5", "model.name=resnet50"]`` into a nested dict (values via YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise JianmuError(f"--set expects section.key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise JianmuError(f"--set {key}: cannot parse value {raw!r}") from None
+        _set_dotted(nested, key, value)
+    return nested
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        existing = target.get(part)
+        if not isinstance(existing, dict):
+            existing = target[part] = {}
+        target = existing
+    target[leaf] = value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of ``update`` win; nested dicts are merged, not replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    **options: Any,
+) -> Config:
+    """Build a Config: defaults < YAML ``path`` < ``overrides`` (``a.b=v``) < ``options``.
+
+    ``options`` are named CLI options as dotted keys with ``__`` for dots (``data__root=...``) or a
+    plain dict under ``values``; ``None`` values mean "not given" and are ignored.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        loaded = read_yaml(path)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise JianmuError(f"{path}: expected a mapping of sections at the top level")
+        raw = loaded
+    raw = merge(raw, parse_overrides(list(overrides)))
+    named: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is not None:
+            _set_dotted(named, key.replace("__", "."), value)
+    raw = merge(raw, named)
+    raw = _apply_augment_preset(raw)
+    return validate_config(raw, source=str(path) if path else "config")
+
+
+def _apply_augment_preset(raw: dict[str, Any]) -> dict[str, Any]:
+    augment = raw.get("augment")
+    if not isinstance(augment, dict) or not augment.get("preset"):
+        return raw
+    name = str(augment["preset"])
+    preset_path = find_configs_dir() / "augment" / f"{name}.yaml"
+    if not preset_path.is_file():
+        known = sorted(p.stem for p in preset_path.parent.glob("*.yaml"))
+        raise JianmuError(f"augment.preset: unknown preset {name!r}{_hint(name, known)}")
+    preset = read_yaml(preset_path) or {}
+    preset.pop("preset", None)
+    return {**raw, "augment": merge(preset, augment)}
+
+
+def validate_config(raw: dict[str, Any], source: str = "config", model: type[BaseModel] = Config):
+    """Validate a raw dict into ``model``; the first problem becomes one JianmuError line."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise JianmuError(f"{source}: {describe_validation_error(error, model)}") from None
+
+
+def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
+    """One line for the first pydantic error, with a 'did you mean' hint for unknown keys."""
+    # An unknown key usually explains a "missing" sibling (a typo), so report it first.
+    first = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    location = [str(part) for part in first["loc"]]
+    key = ".".join(location) or "(top level)"
+    count = error.error_count()
+    more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
+    if first["type"] == "extra_forbidden":
+        known = _field_names(model, location[:-1])
+        return f"unknown key '{key}'{_hint(location[-1], known)}{more}"
+    message = first["msg"]
+    if "input" in first and first["type"] not in ("missing",):
+        message = f"{message} (got {first['input']!r})"
+    return f"{key}: {message}{more}"
+
+
+def _field_names(model: type[BaseModel], location: list[str]) -> list[str]:
+    """Field names of the model found at ``location`` (list indices step into item types)."""
+    current: Any = model
+    for part in location:
+        if part.isdigit():
+            current = _item_model(current)
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _item_model(field.annotation) if _item_model(field.annotation) else field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _item_model(annotation: Any) -> Any:
+    """The BaseModel inside ``list[M]``, ``M | None`` and the like, else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _item_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _hint(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    if close:
+        return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    if known:
+        return "; known keys: " + ", ".join(known)
+    return ""
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (paths as strings)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = config.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path

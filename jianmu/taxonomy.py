@@ -1,0 +1,223 @@
+"""Species lists (configs/taxonomy/<domain>.yaml) and matching dataset folder names to them.
+
+A folder such as ``1-Dalbergia_tucurensis`` or ``dalbergia tucurensis`` maps to *Dalbergia
+tucurensis*; a synonym maps to its accepted name (``5-Cassia_siamea`` -> *Senna siamea*); an unmatched
+folder comes back with the closest names instead of being accepted silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from jianmu.config import find_configs_dir, read_yaml, validate_config
+from jianmu.errors import JianmuError
+
+DOMAINS = ("wood", "weed_seed", "insect")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    id: str
+    title: str
+    url: str | None = None
+
+
+class Species(_Strict):
+    """One taxonomy entry: an accepted species name with its regulatory flags."""
+
+    name: str
+    authority: str | None = None
+    genus: str
+    family: str
+    chinese_name: str | None = None
+    trade_names: list[str] = []
+    synonyms: list[str] = []
+    cites: Literal["I", "II", "III"] | None = None
+    hongmu: str | None = None
+    quarantine: Literal["china_entry", "china_bilateral"] | None = None
+    unverified: bool = False
+    sources: list[str] = []
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _genus_matches_name(self) -> Species:
+        if self.name.split()[0] != self.genus:
+            raise ValueError(f"genus {self.genus!r} is not the first word of {self.name!r}")
+        return self
+
+    @property
+    def flags(self) -> list[str]:
+        """Regulatory flags in words, for tables and reports."""
+        flags = []
+        if self.cites:
+            flags.append(f"CITES App. {self.cites}")
+        if self.hongmu:
+            flags.append(f"Hongmu {self.hongmu}")
+        if self.quarantine == "china_entry":
+            flags.append("quarantine pest (China entry list)")
+        elif self.quarantine == "china_bilateral":
+            flags.append("quarantine pest (bilateral agreement)")
+        return flags
+
+
+class Taxonomy(_Strict):
+    domain: Literal["wood", "weed_seed", "insect"]
+    version: str
+    title: str
+    description: str = ""
+    sources: list[Source]
+    species: list[Species] = Field(min_length=1)
+    _index: _Index | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> Taxonomy:
+        names = Counter(_normalize(s.name) for s in self.species)
+        repeated = sorted(n for n, count in names.items() if count > 1)
+        if repeated:
+            raise ValueError(f"species listed twice: {', '.join(repeated)}")
+        seen: dict[str, str] = {}
+        for species in self.species:
+            for synonym in species.synonyms:
+                key = _normalize(synonym)
+                if key in names or key in seen:
+                    other = seen.get(key, synonym)
+                    raise ValueError(f"synonym {synonym!r} of {species.name} clashes with {other}")
+                seen[key] = species.name
+        source_ids = {source.id for source in self.sources}
+        for species in self.species:
+            missing = [s for s in species.sources if s not in source_ids]
+            if missing:
+                raise ValueError(f"{species.name}: unknown source id(s) {', '.join(missing)}")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.species)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.species]
+
+    def get(self, name: str) -> Species | None:
+        """The entry for an accepted name or synonym (any case/separators), or None."""
+        return self.match(name).entry
+
+    def match(self, folder_name: str) -> NameMatch:
+        """Match a dataset folder name to an entry (see module docstring)."""
+        if self._index is None:
+            self._index = _Index(self)
+        return self._index.match(folder_name)
+
+
+@dataclass(frozen=True)
+class NameMatch:
+    """Result of matching one folder name: ``entry`` is None when nothing matched."""
+
+    query: str
+    entry: Species | None
+    via: Literal["name", "synonym", "none"]
+    candidates: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.entry is None:
+            hint = f" (closest: {', '.join(self.candidates)})" if self.candidates else ""
+            return f"{self.query!r} is not in the taxonomy{hint}"
+        if self.via == "synonym":
+            return f"{self.query!r} -> {self.entry.name} (synonym)"
+        return f"{self.query!r} -> {self.entry.name}"
+
+
+_LEADING_INDEX = re.compile(r"^\s*\d+\s*[-_.)\s]\s*")
+_SEPARATORS = re.compile(r"[\s_\-.]+")
+
+
+def _normalize(name: str) -> str:
+    """'1-Dalbergia_tucurensis' -> 'dalbergia tucurensis' (case, accents, index, separators)."""
+    text = unicodedata.normalize("NFKC", name).strip()
+    text = _LEADING_INDEX.sub("", text)
+    text = _SEPARATORS.sub(" ", text).strip().casefold()
+    return text
+
+
+class _Index:
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self.by_name = {_normalize(s.name): s for s in taxonomy.species}
+        self.by_synonym = {_normalize(syn): s for s in taxonomy.species for syn in s.synonyms}
+        self.display = {**{k: s.name for k, s in self.by_name.items()}}
+        self.display.update({k: f"{s.name} (syn. {k.capitalize()})" for k, s in self.by_synonym.items()})
+
+    def match(self, folder_name: str) -> NameMatch:
+        key = _normalize(folder_name)
+        if key in self.by_name:
+            return NameMatch(folder_name, self.by_name[key], "name")
+        if key in self.by_synonym:
+            return NameMatch(folder_name, self.by_synonym[key], "synonym")
+        close = difflib.get_close_matches(key, list(self.display), n=3, cutoff=0.6)
+        return NameMatch(folder_name, None, "none", [self.display[c] for c in close])
+
+
+def find_taxonomy_path(domain_or_path: str | Path) -> Path:
+    """A domain name (``wood``) resolves to the shipped YAML; anything else is a file path."""
+    if str(domain_or_path) in DOMAINS:
+        return find_configs_dir() / "taxonomy" / f"{domain_or_path}.yaml"
+    path = Path(domain_or_path)
+    if path.is_file():
+        return path
+    hint = difflib.get_close_matches(str(domain_or_path), DOMAINS, n=1)
+    extra = f"; did you mean '{hint[0]}'?" if hint else f"; domains: {', '.join(DOMAINS)}"
+    raise JianmuError(f"unknown taxonomy {str(domain_or_path)!r}{extra}")
+
+
+def load_taxonomy(domain_or_path: str | Path) -> Taxonomy:
+    """Load and validate a taxonomy by domain name or YAML path (cached per file)."""
+    path = find_taxonomy_path(domain_or_path).resolve()
+    return _load_taxonomy_file(path, path.stat().st_mtime_ns if path.exists() else 0)
+
+
+@cache
+def _load_taxonomy_file(path: Path, mtime_ns: int) -> Taxonomy:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise JianmuError(f"{path}: expected a taxonomy mapping (domain, version, species, ...)")
+    return validate_config(raw, source=str(path), model=Taxonomy)
+
+
+@dataclass
+class TaxonomyCheck:
+    """Matching every class folder of a dataset against a taxonomy."""
+
+    taxonomy: Taxonomy
+    matches: list[NameMatch]
+
+    @property
+    def unmatched(self) -> list[NameMatch]:
+        return [m for m in self.matches if m.entry is None]
+
+    @property
+    def collisions(self) -> dict[str, list[str]]:
+        """Accepted names that two or more folders map to (e.g. a name and its synonym)."""
+        folders: dict[str, list[str]] = {}
+        for match in self.matches:
+            if match.entry is not None:
+                folders.setdefault(match.entry.name, []).append(match.query)
+        return {name: found for name, found in folders.items() if len(found) > 1}
+
+    @property
+    def ok(self) -> bool:
+        return not self.unmatched and not self.collisions
+
+
+def check_folders(taxonomy: Taxonomy, folder_names: list[str]) -> TaxonomyCheck:
+    """Match each folder name; the result lists unmatched folders and name collisions."""
+    return TaxonomyCheck(taxonomy, [taxonomy.match(name) for name in folder_names])
