@@ -1,8 +1,8 @@
 """The ``jianmu`` command line: options -> load_config -> one library call -> rich output.
 
-User errors (:class:`jianmu.errors.JianmuError`) end as one red line and exit code 2; commands that
-audit something exit 1 when they find blocking problems. Heavy modules are imported inside commands so
-that ``jianmu --help`` starts fast.
+User errors (:class:`jianmu.errors.JianmuError`) end as one red line and exit code 2; commands
+that audit something exit 1 when they find blocking problems. Heavy modules are imported inside
+commands so that ``jianmu --help`` starts fast.
 """
 
 from __future__ import annotations

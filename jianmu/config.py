@@ -1,8 +1,8 @@
 """Typed configuration: pydantic models, YAML loading and ``--set`` overrides.
 
 One precedence, written once in :func:`load_config`: defaults < YAML file < ``--set a.b=value`` <
-named options. This module imports neither torch nor the rest of jianmu (except the error type), so the
-CLI can validate a config before any heavy import.
+named options. This module imports neither torch nor the rest of jianmu (except the error type),
+so the CLI can validate a config before any heavy import.
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ class DataConfig(_Strict):
     extensions: list[str] = list(IMAGE_EXTENSIONS)
     specimen_pattern: str | None = Field(
         default=None,
-        description="regex on the file name (without extension) whose group 'specimen' (or group 1) "
-        "names the specimen; default: the sub-folder under the class folder, else the file itself",
+        description="regex on the file name (without extension) whose group 'specimen' (or "
+        "group 1) names the specimen; default: the sub-folder under the class folder, else the "
+        "file itself",
     )
     val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     near_duplicate_distance: int = Field(
-        default=4, ge=0, le=64, description="max perceptual-hash Hamming distance of near-duplicates"
+        default=4,
+        ge=0,
+        le=64,
+        description="max perceptual-hash Hamming distance of near-duplicates",
     )
     min_images_per_class: int = Field(default=10, ge=1)
     min_image_side: int = Field(default=64, ge=1)
@@ -142,7 +146,7 @@ class Config(_Strict):
 
 
 def find_configs_dir() -> Path:
-    """The shipped ``configs/`` folder: $JIANMU_CONFIGS, the source checkout, or the installed copy."""
+    """The shipped ``configs/`` folder: $JIANMU_CONFIGS, source checkout or installed copy."""
     candidates = [
         Path(os.environ["JIANMU_CONFIGS"]) if os.environ.get("JIANMU_CONFIGS") else None,
         Path(__file__).resolve().parent.parent / "configs",
@@ -162,7 +166,8 @@ def read_yaml(path: str | Path) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
         raise JianmuError(f"cannot read YAML {path}: {first_line}") from None
 
 
@@ -280,7 +285,7 @@ def _field_names(model: type[BaseModel], location: list[str]) -> list[str]:
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
-        current = _item_model(field.annotation) if _item_model(field.annotation) else field.annotation
+        current = _item_model(field.annotation) or field.annotation
     return list(getattr(current, "model_fields", {}))
 
 

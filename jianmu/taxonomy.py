@@ -1,8 +1,8 @@
 """Species lists (configs/taxonomy/<domain>.yaml) and matching dataset folder names to them.
 
 A folder such as ``1-Dalbergia_tucurensis`` or ``dalbergia tucurensis`` maps to *Dalbergia
-tucurensis*; a synonym maps to its accepted name (``5-Cassia_siamea`` -> *Senna siamea*); an unmatched
-folder comes back with the closest names instead of being accepted silently.
+tucurensis*; a synonym maps to its accepted name (``5-Cassia_siamea`` -> *Senna siamea*); an
+unmatched folder comes back with the closest names instead of being accepted silently.
 """
 
 from __future__ import annotations
@@ -154,8 +154,9 @@ class _Index:
     def __init__(self, taxonomy: Taxonomy) -> None:
         self.by_name = {_normalize(s.name): s for s in taxonomy.species}
         self.by_synonym = {_normalize(syn): s for s in taxonomy.species for syn in s.synonyms}
-        self.display = {**{k: s.name for k, s in self.by_name.items()}}
-        self.display.update({k: f"{s.name} (syn. {k.capitalize()})" for k, s in self.by_synonym.items()})
+        self.display = {k: s.name for k, s in self.by_name.items()}
+        for key, species in self.by_synonym.items():
+            self.display[key] = f"{species.name} (syn. {key.capitalize()})"
 
     def match(self, folder_name: str) -> NameMatch:
         key = _normalize(folder_name)

@@ -18,7 +18,12 @@ TINY_TAXONOMY = {
     "sources": [{"id": "test", "title": "hand-written for tests"}],
     "species": [
         {"name": "Dalbergia tucurensis", "genus": "Dalbergia", "family": "Fabaceae", "cites": "II"},
-        {"name": "Dalbergia stevensonii", "genus": "Dalbergia", "family": "Fabaceae", "cites": "II"},
+        {
+            "name": "Dalbergia stevensonii",
+            "genus": "Dalbergia",
+            "family": "Fabaceae",
+            "cites": "II",
+        },
         {
             "name": "Senna siamea",
             "genus": "Senna",

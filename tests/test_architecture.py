@@ -1,4 +1,4 @@
-"""The import graph of the house style: arrows run cli -> engine -> {data, models, ...} -> config."""
+"""The house import graph: arrows run cli -> engine -> {data, models, ...} -> config."""
 
 import ast
 import subprocess
@@ -52,5 +52,7 @@ def test_cli_help_does_not_import_torch():
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
         "print('torch' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"

@@ -38,7 +38,9 @@ def test_precedence_defaults_yaml_set_named(tmp_path):
 
 
 def test_set_values_are_parsed_as_yaml():
-    nested = parse_overrides(["train.grad_clip=1.5", "augment.hflip=false", "data.extensions=[.jpg]"])
+    nested = parse_overrides(
+        ["train.grad_clip=1.5", "augment.hflip=false", "data.extensions=[.jpg]"]
+    )
     assert nested == {
         "train": {"grad_clip": 1.5},
         "augment": {"hflip": False},

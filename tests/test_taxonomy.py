@@ -75,15 +75,25 @@ def _base(species):
         ([{"name": "Tectona grandis", "genus": "Teak", "family": "Lamiaceae"}], "genus"),
         (
             [
-                {"name": "Senna siamea", "genus": "Senna", "family": "Fabaceae",
-                 "synonyms": ["Tectona grandis"]},
+                {
+                    "name": "Senna siamea",
+                    "genus": "Senna",
+                    "family": "Fabaceae",
+                    "synonyms": ["Tectona grandis"],
+                },
                 {"name": "Tectona grandis", "genus": "Tectona", "family": "Lamiaceae"},
             ],
             "clashes",
         ),
         (
-            [{"name": "Tectona grandis", "genus": "Tectona", "family": "Lamiaceae",
-              "sources": ["nowhere"]}],
+            [
+                {
+                    "name": "Tectona grandis",
+                    "genus": "Tectona",
+                    "family": "Lamiaceae",
+                    "sources": ["nowhere"],
+                }
+            ],
             "unknown source",
         ),
         ([{"name": "Tectona grandis", "genus": "Tectona", "family": "L", "cites": "IV"}], "cites"),

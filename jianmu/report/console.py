@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from jianmu.taxonomy import Taxonomy, TaxonomyCheck
@@ -51,8 +50,10 @@ def taxonomy_summary(taxonomy: Taxonomy) -> Table:
     cites = Counter(s.cites for s in species if s.cites)
     quarantine = Counter(s.quarantine for s in species if s.quarantine)
     table.add_row("species", str(len(species)))
-    table.add_row("genera / families", f"{len({s.genus for s in species})} / "
-                  f"{len({s.family for s in species})}")
+    table.add_row(
+        "genera / families",
+        f"{len({s.genus for s in species})} / {len({s.family for s in species})}",
+    )
     table.add_row("with Chinese name", str(sum(1 for s in species if s.chinese_name)))
     table.add_row("synonyms", str(sum(len(s.synonyms) for s in species)))
     if cites:

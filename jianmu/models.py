@@ -1,0 +1,236 @@
+"""The one place that calls ``timm.create_model``; checkpoint save/load (safetensors, atomic).
+
+A checkpoint is ``NAME.safetensors``: the model weights plus, in the safetensors metadata, a JSON
+document with everything needed to use it without the training run (model name, classes, taxonomy
+version, preprocessing, config, epoch, metrics, ...). Resumable training state (optimizer,
+scheduler, EMA, RNG) goes beside it in ``NAME.state.pt``, read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from jianmu.config import ModelConfig
+from jianmu.errors import JianmuError
+
+CHECKPOINT_FORMAT = "jianmu.checkpoint/1"
+_META_KEY = "jianmu"
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes the model's input tensor; stored in every checkpoint and bundle."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            input_size=int(data["input_size"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            interpolation=str(data.get("interpolation", "bicubic")),
+            crop_pct=float(data.get("crop_pct", 1.0)),
+        )
+
+
+def build_model(config: ModelConfig, num_classes: int, hub_check: Callable[[], bool] | None = None):
+    """Create a timm classifier for ``num_classes``; load local or hub weights when asked."""
+    wants_hub = config.pretrained and config.pretrained_path is None
+    if wants_hub and not (hub_check or _hub_reachable)():
+        raise JianmuError(
+            "model.pretrained=true downloads weights from the Hugging Face hub, which cannot be "
+            "reached from here; set model.pretrained_path to a local weights file instead"
+        )
+    try:
+        model = timm.create_model(
+            config.name,
+            pretrained=wants_hub,
+            num_classes=num_classes,
+            drop_rate=config.drop_rate,
+            drop_path_rate=config.drop_path_rate or None,
+        )
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            close = timm.list_models(f"*{config.name.split('_')[0]}*")[:5]
+            hint = f"; similar: {', '.join(close)}" if close else ""
+            raise JianmuError(f"model.name: unknown timm model {config.name!r}{hint}") from None
+        raise
+    if config.pretrained_path is not None:
+        load_pretrained_weights(model, config.pretrained_path)
+    return model
+
+
+def resolve_preprocessing(model: nn.Module, config: ModelConfig) -> Preprocessing:
+    """Mean/std/interpolation from the model (timm's data config); size and crop from our config."""
+    data_config = timm.data.resolve_model_data_config(model)
+    return Preprocessing(
+        input_size=config.img_size,
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        interpolation=data_config.get("interpolation", "bicubic"),
+        crop_pct=config.crop_pct,
+    )
+
+
+def load_pretrained_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a safetensors or timm/torchvision state dict; tensors whose shape differs (the head) are
+    skipped and stay freshly initialised. Returns the names of the skipped/missing tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise JianmuError(f"model.pretrained_path: file not found: {path}")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable or len(usable) < 0.5 * len(own):
+        raise JianmuError(
+            f"{path}: only {len(usable)} of {len(own)} tensors fit model "
+            f"{type(model).__name__}; are these weights for another architecture?"
+        )
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise JianmuError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a refused file
+        raise JianmuError(
+            f"{path}: refused: only plain tensor checkpoints load (weights_only); "
+            f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        ) from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise JianmuError(f"{path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """Weights plus the metadata that makes them usable on their own."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.meta["preprocessing"])
+
+    def build_model(self) -> nn.Module:
+        """Recreate the model from the checkpoint alone and load its weights."""
+        model = timm.create_model(self.meta["model_name"], num_classes=len(self.classes))
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path`` and rename it over ``path``: a kill or a
+    full disk never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise JianmuError(f"cannot write {path}: {error.strerror or error}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Save weights (safetensors) with ``meta`` as JSON in the file's metadata, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    document = json.dumps({"format": CHECKPOINT_FORMAT, **meta}, default=str, ensure_ascii=False)
+    metadata = {_META_KEY: document}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a jianmu checkpoint (a run folder means its ``best.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if not path.is_file():
+        raise JianmuError(f"checkpoint not found: {path}")
+    if path.suffix != ".safetensors":
+        raise JianmuError(f"{path}: jianmu checkpoints are .safetensors files")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as reader:
+            metadata = reader.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise JianmuError(f"{path}: not a readable checkpoint ({error})") from None
+    if _META_KEY not in metadata:
+        raise JianmuError(f"{path}: no jianmu metadata; is this a plain weights file?")
+    meta = json.loads(metadata[_META_KEY])
+    for key in ("model_name", "classes", "preprocessing"):
+        if key not in meta:
+            raise JianmuError(f"{path}: checkpoint metadata lacks {key!r}")
+    return Checkpoint(state, meta)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
