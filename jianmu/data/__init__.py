@@ -1,0 +1,1 @@
+"""Finding samples, decoding images, auditing a dataset, splits and manifests, transforms."""

@@ -1,0 +1,184 @@
+"""Decoding images: any supported file -> 8-bit RGB, cheaply when a smaller size will do.
+
+Decoding is a hot path. With ``size`` given, a large JPEG is decoded at a reduced DCT scale
+(``Image.draft``: 1/2, 1/4 or 1/8) that keeps its shorter side at least ``size``, and other formats
+are box-reduced by an integer factor with the same guarantee; the exact resize is left to the
+transforms.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from jianmu.errors import JianmuError
+
+# Larger images are refused ("too large"), as a guard against decompression bombs.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Decoding at this size is enough to detect truncation and to compute a perceptual hash.
+PROBE_SIZE = 64
+# EXIF orientation values other than 1 (normal) ask the viewer to flip or rotate.
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSING = (5, 6, 7, 8)  # orientations that swap width and height
+# Modes that are converted to RGB without loss of meaning; anything else is "odd" for the audit.
+COMMON_MODES = ("RGB", "L")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S")
+
+
+class ImageDecodeError(JianmuError):
+    """A file that cannot be decoded into an image; ``reason`` is a short phrase for reports."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ImageProbe:
+    """What a cheap look at one file found. ``width``/``height`` are as displayed (EXIF applied)."""
+
+    status: Literal["ok", "error"]
+    reason: str = ""
+    format: str = ""
+    mode: str = ""
+    width: int = 0
+    height: int = 0
+    exif_rotated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_image(path: str | Path, size: int | None = None) -> Image.Image:
+    """Decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
+
+    Args:
+        path: image file (JPEG, PNG, TIFF, BMP, WebP, ...).
+        size: when given, the image may come back smaller than stored, but its shorter side stays
+            at least ``size`` (or the stored size when that is already smaller).
+
+    Raises:
+        ImageDecodeError: zero-byte, not an image, truncated, too large or otherwise unreadable.
+    """
+    return _decode(Path(path), size)[0]
+
+
+def probe_image(path: str | Path) -> ImageProbe:
+    """Header, mode and orientation of ``path``; truncation is found by a small draft decode."""
+    return probe_and_thumbnail(Path(path))[0]
+
+
+def probe_and_thumbnail(
+    path: Path, size: int = PROBE_SIZE
+) -> tuple[ImageProbe, Image.Image | None]:
+    """Probe ``path`` and keep the small RGB decode (shorter side >= ``size`` when possible).
+
+    JPEGs are decoded at up to 1/8 scale, which still reads the whole entropy-coded stream, so a
+    truncated file is caught without the cost of a full decode. Never raises for a bad file.
+    """
+    try:
+        image, probe = _decode(path, size)
+    except ImageDecodeError as error:
+        return ImageProbe(status="error", reason=error.reason), None
+    return probe, image
+
+
+def _decode(path: Path, size: int | None) -> tuple[Image.Image, ImageProbe]:
+    try:
+        if os.stat(path).st_size == 0:
+            raise ImageDecodeError(path, "zero-byte file")
+    except OSError as error:
+        raise ImageDecodeError(path, f"cannot read ({error.strerror or error})") from None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            pixels = width * height
+            if pixels > MAX_PIXELS:
+                raise ImageDecodeError(path, f"too large ({pixels} pixels)")
+            format_, mode = image.format or "", image.mode
+            orientation = _orientation(image)
+            if size is not None and format_ == "JPEG":
+                image.draft("RGB", (size, size))
+            image.load()
+            rgb = to_rgb(ImageOps.exif_transpose(image) if orientation != 1 else image)
+            if size is not None and min(rgb.size) // size >= 2:
+                rgb = rgb.reduce(min(rgb.size) // size)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image") from None
+    except Image.DecompressionBombError:
+        raise ImageDecodeError(path, "too large (decompression bomb)") from None
+    # Pillow's plugins fail in many ways on damaged files (OSError, SyntaxError, ValueError, struct
+    # errors, ...); an audit must report them all as unreadable rather than stop.
+    except Exception as error:  # noqa: BLE001
+        raise ImageDecodeError(path, _describe(error)) from None
+    if orientation in _TRANSPOSING:
+        width, height = height, width
+    probe = ImageProbe(
+        status="ok",
+        format=format_,
+        mode=mode,
+        width=width,
+        height=height,
+        exif_rotated=orientation != 1,
+    )
+    return rgb, probe
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: 16/32-bit scaled to 0-255, alpha over white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale integer or float pixels to 0-255: 16-bit by 1/257, wider ranges by their maximum."""
+    values = array.astype(np.float32)
+    if array.dtype.kind == "f":
+        top = 1.0 if values.size and np.nanmax(values) <= 1.0 else float(np.nanmax(values))
+    elif array.dtype.itemsize == 2 or (values.size and values.max() > 255):
+        top = 65535.0 if not values.size or values.max() <= 65535 else float(values.max())
+    else:
+        top = 255.0
+    scaled = np.nan_to_num(values / max(top, 1e-12) * 255.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _describe(error: Exception) -> str:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lowered = message.lower()
+    if any(word in lowered for word in ("truncat", "broken data stream", "end of file", "eof")):
+        return "truncated image"
+    if isinstance(error, EOFError):
+        return "truncated image"
+    return f"unreadable ({message[:80]})"
