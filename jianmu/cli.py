@@ -107,16 +107,224 @@ def taxonomy_check(
     ] = None,
 ) -> None:
     """Validate a taxonomy file; with ROOT, match every class folder to an entry."""
+    from jianmu.data.samples import find_class_folders
     from jianmu.report.console import taxonomy_check_table, taxonomy_summary
     from jianmu.taxonomy import check_folders, load_taxonomy
 
     taxonomy = load_taxonomy(domain)
+    folders = find_class_folders(root) if root is not None else None
     console.print(taxonomy_summary(taxonomy))
-    if root is None:
+    if folders is None:
         return
-    from jianmu.data.samples import find_class_folders
-
-    result = check_folders(taxonomy, find_class_folders(root))
+    result = check_folders(taxonomy, folders)
     console.print(taxonomy_check_table(result))
     if not result.ok:
         raise typer.Exit(EXIT_FINDINGS)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def _data_config(config_path, overrides, domain=None, seed=None, root=None):
+    from jianmu.config import load_config
+
+    return load_config(
+        config_path, overrides or [], data__domain=domain, seed=seed, data__root=root
+    )
+
+
+@data_app.command("check")
+def data_check(
+    root: Annotated[Path, typer.Argument(help="dataset folder: ROOT/<class>/<images>")],
+    config_path: ConfigOption = None,
+    domain: DomainOption = None,
+    overrides: SetOption = None,
+    json_path: Annotated[
+        Path, typer.Option("--json", help="where to write the audit as JSON")
+    ] = Path("audit.json"),
+    no_taxonomy: Annotated[
+        bool, typer.Option("--no-taxonomy", help="skip matching folders to the taxonomy")
+    ] = False,
+) -> None:
+    """Audit a dataset (nothing is modified); exit 1 when blocking problems are found."""
+    from jianmu.data.audit import audit_dataset
+    from jianmu.report.console import audit_renderables, progress_callback
+    from jianmu.taxonomy import load_taxonomy
+
+    config = _data_config(config_path, overrides, domain, root=root)
+    taxonomy = None if no_taxonomy else load_taxonomy(config.data.taxonomy or config.data.domain)
+    with progress_callback(console, "auditing") as progress:
+        report = audit_dataset(root, config.data, taxonomy=taxonomy, progress=progress)
+    for renderable in audit_renderables(report):
+        console.print(renderable)
+    _write_json(json_path, report.to_dict())
+    console.print(f"audit written to {json_path} ({report.seconds:.2f} s)")
+    if not report.ok:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+@data_app.command("split")
+def data_split(
+    root: Annotated[Path, typer.Argument(help="dataset folder: ROOT/<class>/<images>")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="manifest CSV to write")],
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+    seed: SeedOption = None,
+) -> None:
+    """Write a stratified, specimen-grouped, leak-free split manifest CSV.
+
+    Columns: path (relative to ROOT), class, specimen, split (train/val/test), sha256.
+    """
+    from jianmu.data.audit import scan_images
+    from jianmu.data.samples import find_samples
+    from jianmu.data.split import split_samples, write_manifest
+    from jianmu.report.console import progress_callback, split_renderables
+
+    config = _data_config(config_path, overrides, seed=seed, root=root)
+    samples = find_samples(root, config.data.extensions, config.data.specimen_pattern)
+    with progress_callback(console, "hashing") as progress:
+        records = scan_images([s.path for s in samples], config.data.workers, progress)
+    result = split_samples(samples, records, config.data, seed=config.seed, root=root)
+    write_manifest(out, result.rows)
+    for renderable in split_renderables(result):
+        console.print(renderable)
+    console.print(f"manifest written to {out} ({len(result.rows)} images, seed {config.seed})")
+    if result.leaks:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[
+        Path, typer.Argument(help="folder to create (a previous synthetic set is replaced)")
+    ],
+    domain: Annotated[
+        str, typer.Option("--domain", "-d", help="wood | weed_seed | insect")
+    ] = "wood",
+    classes: Annotated[int, typer.Option("--classes", min=1, help="number of classes")] = 5,
+    per_class: Annotated[int, typer.Option("--per-class", min=1, help="images per class")] = 20,
+    specimens: Annotated[
+        int, typer.Option("--specimens", min=1, help="specimen sub-folders per class")
+    ] = 4,
+    size: Annotated[int, typer.Option("--size", min=32, help="image side in pixels")] = 256,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    generic_names: Annotated[
+        bool,
+        typer.Option(
+            "--generic-names", help="name classes synthetic_class_NN instead of taxonomy species"
+        ),
+    ] = False,
+) -> None:
+    """Generate a procedural (SYNTHETIC) sample set for demos and tests."""
+    from jianmu.data.synth import generate_dataset
+    from jianmu.report.console import progress_callback
+    from jianmu.taxonomy import load_taxonomy
+
+    names = None
+    if not generic_names:
+        species = load_taxonomy(domain).names
+        if classes > len(species):
+            raise JianmuError(f"--classes {classes}: the {domain} taxonomy has {len(species)}")
+        step = len(species) / classes
+        names = [species[int(i * step)].replace(" ", "_") for i in range(classes)]
+    with progress_callback(console, "generating") as progress:
+        result = generate_dataset(
+            out, domain, classes, per_class, size, specimens, seed, names, progress
+        )
+    console.print(
+        f"[bold]SYNTHETIC[/] {domain} set: {len(result.class_names)} classes x {per_class} "
+        f"images ({specimens} specimens each) in {result.root}"
+    )
+
+
+@data_app.command("preview")
+def data_preview(
+    config_path: ConfigArg,
+    root: Annotated[Path, typer.Argument(help="dataset folder to take sample images from")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write")] = Path("preview.png"),
+    images: Annotated[int, typer.Option("--images", min=1, help="source images")] = 4,
+    per_image: Annotated[int, typer.Option("--per-image", min=1, help="views per image")] = 4,
+    overrides: SetOption = None,
+    seed: SeedOption = None,
+) -> None:
+    """Write a PNG grid of augmented samples, as the training pipeline would see them."""
+    from jianmu.data.preview import render_preview
+    from jianmu.data.samples import find_samples
+
+    config = _data_config(config_path, overrides, seed=seed)
+    samples = find_samples(root, config.data.extensions, config.data.specimen_pattern)
+    by_class: dict[str, Path] = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, sample.path)
+    chosen = (list(by_class.values()) + [s.path for s in samples])[:images]
+    render_preview(
+        config.augment, chosen, out, config.model.img_size, per_image=per_image, seed=config.seed
+    )
+    console.print(f"preview of {len(chosen)} images x {per_image} augmentations written to {out}")
+
+
+def _write_json(path: Path, data) -> None:
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    except OSError as error:
+        raise JianmuError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    config_path: Annotated[
+        Path | None, typer.Argument(metavar="CONFIG", help="YAML config, e.g. configs/wood.yaml")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="dataset root (data.root)")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="split manifest CSV (data.manifest)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (out)")] = None,
+    overrides: SetOption = None,
+    seed: SeedOption = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="train.epochs")] = None,
+    folds: Annotated[
+        int | None, typer.Option("--folds", help="k-fold cross-validation: one run per fold")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="continue the run in this folder")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="one line per epoch")] = False,
+) -> None:
+    """Train a classifier on an image folder; writes checkpoints, metrics and curves."""
+    from jianmu.config import load_config
+
+    if resume is None and config_path is None:
+        raise JianmuError("give a CONFIG (e.g. configs/wood.yaml) or --resume RUN_DIR")
+    config = load_config(
+        config_path,
+        overrides or [],
+        data__root=data,
+        data__manifest=manifest,
+        out=out,
+        seed=seed,
+        train__epochs=epochs,
+        train__quiet=quiet or None,
+    )
+    from jianmu.report.console import TrainProgress, train_summary
+
+    if folds is not None:
+        from jianmu.engine.crossval import cross_validate
+
+        with TrainProgress(console, quiet=config.train.quiet) as progress:
+            result = cross_validate(config, folds, reporter=progress)
+        from jianmu.report.console import crossval_table
+
+        console.print(crossval_table(result))
+        return
+    from jianmu.engine.train import train
+
+    with TrainProgress(console, quiet=config.train.quiet) as progress:
+        result = train(config, resume=resume, reporter=progress)
+    console.print(train_summary(result))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -145,6 +146,26 @@ class Config(_Strict):
     export: ExportConfig = ExportConfig()
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (only true/false): `amp: off` stays the string off."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with YAML 1.2 booleans (see :class:`_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def find_configs_dir() -> Path:
     """The shipped ``configs/`` folder: $JIANMU_CONFIGS, source checkout or installed copy."""
     candidates = [
@@ -164,7 +185,7 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise JianmuError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml_text(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
         text = str(error).strip()
         first_line = text.splitlines()[0] if text else type(error).__name__
@@ -180,7 +201,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise JianmuError(f"--set expects section.key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml_text(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise JianmuError(f"--set {key}: cannot parse value {raw!r}") from None
         _set_dotted(nested, key, value)

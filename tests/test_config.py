@@ -119,3 +119,13 @@ def test_merge_is_recursive_and_does_not_mutate():
     merged = merge(base, {"a": {"b": 5}})
     assert merged == {"a": {"b": 5, "c": 2}, "d": 1}
     assert base == {"a": {"b": 1, "c": 2}, "d": 1}
+
+
+def test_yaml_words_like_off_stay_strings(tmp_path):
+    """YAML 1.1 reads `off`/`yes` as booleans; configs use YAML 1.2 booleans (true/false only)."""
+    config = load_config(write_yaml(tmp_path / "c.yaml", {}), overrides=["train.amp=off"])
+    assert config.train.amp == "off"
+    path = tmp_path / "d.yaml"
+    path.write_text("train:\n  amp: off\n  ema: true\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.train.amp == "off" and config.train.ema is True

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
+
+from jianmu.data.samples import natural_key
 
 if TYPE_CHECKING:
     from jianmu.taxonomy import Taxonomy, TaxonomyCheck
@@ -85,3 +88,207 @@ def taxonomy_check_table(result: TaxonomyCheck) -> Table:
     matched = len(result.matches) - len(result.unmatched)
     table.caption = f"{matched} of {len(result.matches)} folders matched"
     return table
+
+
+class TrainProgress:
+    """A rich progress bar per epoch (loss, accuracy, images/s, ETA), or one line per epoch."""
+
+    def __init__(self, console, quiet: bool = False) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.quiet = quiet or not console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}"),
+            TextColumn("{task.fields[speed]:.1f} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=self.quiet,
+        )
+        self.task = None
+        self.prefix = ""
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(
+            f"{self.prefix}epoch {epoch + 1}/{epochs}", total=batches, loss=0.0, acc=0.0, speed=0.0
+        )
+
+    def batch(self, loss: float, accuracy: float, images_per_second: float) -> None:
+        self.progress.update(self.task, advance=1, loss=loss, acc=accuracy, speed=images_per_second)
+
+    def end_epoch(self, row: dict) -> None:
+        parts = [f"{self.prefix}epoch {row['epoch']}"]
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_macro_f1"):
+            if key in row:
+                parts.append(f"{key} {row[key]:.4f}")
+        parts.append(f"{row.get('images_per_s', 0):.1f} img/s")
+        if row.get("weights") == "ema":
+            parts.append("(EMA)")
+        self.console.print("  ".join(parts), highlight=False)
+
+
+def train_summary(result) -> Table:
+    table = Table(title=f"run {result.run_dir}", show_header=False, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value")
+    best = result.best_metrics["metrics"]
+    table.add_row("classes", str(len(result.classes)))
+    table.add_row(
+        "epochs run", f"{len(result.history)}" + (" (early stop)" if result.stopped_early else "")
+    )
+    table.add_row("best epoch", str(result.best_epoch))
+    for key in ("val_top1", "val_macro_f1", "val_loss"):
+        if key in best:
+            table.add_row(key, f"{best[key]:.4f}")
+    if result.test_metrics:
+        for key in ("test_top1", "test_top5", "test_macro_f1"):
+            table.add_row(key, f"{result.test_metrics[key]:.4f}")
+        table.add_row("test images", str(result.test_metrics["test_images"]))
+    table.add_row("train images/s", f"{best.get('images_per_s', 0):.1f}")
+    table.add_row("wall time", f"{result.wall_seconds:.1f} s")
+    table.add_row("best checkpoint", str(result.best_checkpoint))
+    for warning in result.warnings:
+        table.add_row("[yellow]warning[/]", warning)
+    return table
+
+
+@contextmanager
+def progress_callback(console, description: str):
+    """A transient rich progress bar driven by ``callback(done, total)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (f"[bold]{description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+
+        def callback(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield callback
+
+
+def _examples(paths: list[str], limit: int = 3) -> str:
+    more = f" (+{len(paths) - limit} more)" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def audit_renderables(report) -> list:
+    """Per-class table, findings table and the verdict of a dataset audit."""
+    kind = "SYNTHETIC dataset (jianmu data synth)" if report.synthetic else "dataset"
+    classes = Table(title=f"{kind} {report.root}", title_justify="left")
+    for column in ("class", "images", "specimens", "unreadable", "taxonomy"):
+        classes.add_column(column, justify="right" if column in ("images", "specimens") else "left")
+    unmatched = {u.folder for u in report.unmatched_folders}
+    for summary in report.classes:
+        taxon = Text(summary.taxon or "", style="italic")
+        if summary.name in unmatched:
+            taxon = Text("not in taxonomy", style="bold red")
+        classes.add_row(
+            summary.name,
+            str(summary.images),
+            str(summary.specimens),
+            str(summary.unreadable or ""),
+            taxon,
+        )
+    total = sum(summary.images for summary in report.classes)
+    classes.caption = f"{len(report.classes)} classes, {total} images, {report.num_files} files"
+
+    findings = Table(title="findings", title_justify="left")
+    for column in ("finding", "count", "examples"):
+        findings.add_column(column, overflow="fold")
+
+    def issues(items) -> list[str]:
+        return [f"{item.path} ({item.detail})" for item in items]
+
+    def groups(items, joiner: str) -> list[str]:
+        return [joiner.join(group.paths) for group in items]
+
+    unmatched_rows = [
+        f"{u.folder} (closest: {', '.join(u.candidates) or '-'})" for u in report.unmatched_folders
+    ]
+    rows = [
+        ("unreadable / zero-byte / not an image", issues(report.unreadable)),
+        ("conflicting labels (duplicate in 2+ classes)", groups(report.conflicting_labels, " = ")),
+        ("exact duplicates", groups(report.exact_duplicates, " = ")),
+        ("near duplicates", groups(report.near_duplicates, " ~ ")),
+        ("very small images", issues(report.small_images)),
+        ("odd modes (converted to RGB)", issues(report.odd_modes)),
+        ("EXIF-rotated (rotation applied)", [i.path for i in report.exif_rotated]),
+        ("classes with too few images", list(report.small_classes)),
+        ("empty class folders", list(report.empty_classes)),
+        ("files skipped (extension)", list(report.skipped_files)),
+        ("folders not in taxonomy", unmatched_rows),
+    ]
+    for name, items in rows:
+        style = (
+            "bold red"
+            if items and name.startswith(("unreadable", "conflict", "folders", "empty"))
+            else ""
+        )
+        findings.add_row(Text(name, style=style), str(len(items)), _examples(items))
+    verdict = (
+        Text("no blocking problems", style="bold green")
+        if report.ok
+        else Text("blocking: " + "; ".join(report.blocking), style="bold red")
+    )
+    return [
+        classes,
+        findings,
+        *[Text(f"warning: {w}", style="yellow") for w in report.warnings],
+        verdict,
+    ]
+
+
+def split_renderables(result) -> list:
+    """Images per class and split, and what leaked or could not be stratified."""
+    table = Table(title=f"split of {result.root} (seed {result.seed})", title_justify="left")
+    splits = list(result.counts)
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split, justify="right")
+    classes = sorted({c for counts in result.counts.values() for c in counts}, key=natural_key)
+    for name in classes:
+        table.add_row(name, *[str(result.counts[s].get(name, 0)) for s in splits])
+    table.add_row(
+        Text("total", style="bold"), *[str(sum(result.counts[s].values())) for s in splits]
+    )
+    out: list = [table]
+    if result.excluded:
+        out.append(Text(f"{len(result.excluded)} unreadable files left out", style="yellow"))
+    for name, missing in result.missing.items():
+        out.append(Text(f"class {name} has no {', '.join(missing)} images", style="yellow"))
+    for group in result.conflicts:
+        out.append(
+            Text(f"conflicting labels kept in train: {' = '.join(group.paths)}", style="yellow")
+        )
+    for leak in result.leaks:
+        out.append(
+            Text(
+                f"LEAK ({leak.kind}): {', '.join(leak.paths)} in {', '.join(leak.splits)}",
+                style="bold red",
+            )
+        )
+    if result.leak_free:
+        out.append(
+            Text("leak-free: no specimen or duplicate group spans two splits", style="bold green")
+        )
+    return out
