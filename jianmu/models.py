@@ -24,40 +24,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from jianmu.config import ModelConfig
+from jianmu.data.spec import TransformSpec, resolve_transform_spec
 from jianmu.errors import JianmuError
 
 CHECKPOINT_FORMAT = "jianmu.checkpoint/1"
 _META_KEY = "jianmu"
-
-
-@dataclass
-class Preprocessing:
-    """How an image becomes the model's input tensor; stored in every checkpoint and bundle."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    crop_pct: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(
-            input_size=int(data["input_size"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-            interpolation=str(data.get("interpolation", "bicubic")),
-            crop_pct=float(data.get("crop_pct", 1.0)),
-        )
 
 
 def build_model(config: ModelConfig, num_classes: int, hub_check: Callable[[], bool] | None = None):
@@ -87,16 +58,10 @@ def build_model(config: ModelConfig, num_classes: int, hub_check: Callable[[], b
     return model
 
 
-def resolve_preprocessing(model: nn.Module, config: ModelConfig) -> Preprocessing:
+def resolve_preprocessing(model: nn.Module, config: ModelConfig) -> TransformSpec:
     """Mean/std/interpolation from the model (timm's data config); size and crop from our config."""
     data_config = timm.data.resolve_model_data_config(model)
-    return Preprocessing(
-        input_size=config.img_size,
-        mean=tuple(data_config["mean"]),
-        std=tuple(data_config["std"]),
-        interpolation=data_config.get("interpolation", "bicubic"),
-        crop_pct=config.crop_pct,
-    )
+    return resolve_transform_spec(data_config, img_size=config.img_size, crop_pct=config.crop_pct)
 
 
 def load_pretrained_weights(model: nn.Module, path: str | Path) -> list[str]:
@@ -164,8 +129,8 @@ class Checkpoint:
         return list(self.meta["classes"])
 
     @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing.from_dict(self.meta["preprocessing"])
+    def preprocessing(self) -> TransformSpec:
+        return TransformSpec.from_dict(self.meta["preprocessing"])
 
     def build_model(self) -> nn.Module:
         """Recreate the model from the checkpoint alone and load its weights."""

@@ -1,0 +1,105 @@
+"""Torch datasets and samplers whose randomness depends only on (seed, epoch, index).
+
+The sampler yields ``(epoch, index)`` keys, and the dataset re-seeds the augmentation for each key,
+so an image gets the same augmentation whichever worker decodes it, with persistent workers, and
+after a resume: a killed run that is resumed sees exactly the data an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from jianmu.data.images import load_image
+
+
+class ImageDataset(Dataset):
+    """``(path, label)`` items decoded with draft JPEG decoding and transformed to tensors."""
+
+    def __init__(
+        self,
+        items: Sequence[tuple[Path, int]],
+        transform: Callable[[np.ndarray], torch.Tensor],
+        decode_size: int | None,
+        seed: int = 0,
+    ) -> None:
+        self.items = list(items)
+        self.transform = transform
+        self.decode_size = decode_size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        path, label = self.items[index]
+        image = np.asarray(load_image(path, size=self.decode_size))
+        if hasattr(self.transform, "set_random_state"):
+            entropy = [self.seed, epoch, index]
+            self.transform.set_random_state(
+                np.random.default_rng(entropy), random.Random(hash(tuple(entropy)))
+            )
+        return self.transform(image), label
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.items]
+
+
+class EpochSampler(Sampler):
+    """Shuffled (or class-weighted) order per epoch from ``(seed, epoch)``; sharded across ranks.
+
+    Each rank takes every ``world_size``-th key of one shared order, padded to equal length, so
+    ranks see disjoint data (as torch's DistributedSampler). Call :meth:`set_epoch` each epoch.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        weights: Sequence[float] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        """The full (unsharded) index order of the current epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            drawn = torch.multinomial(self.weights, self.num_samples, True, generator=generator)
+            return drawn.tolist()
+        if self.shuffle:
+            return torch.randperm(self.num_samples, generator=generator).tolist()
+        return list(range(self.num_samples))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.order()
+        per_rank = -(-len(order) // self.world_size)
+        order += order[: per_rank * self.world_size - len(order)]
+        return iter([(self.epoch, index) for index in order[self.rank :: self.world_size]])
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.world_size)
+
+
+def class_balanced_weights(labels: Sequence[int]) -> list[float]:
+    """Per-sample weights so that each class is drawn equally often."""
+    counts = np.bincount(np.asarray(labels))
+    return [1.0 / counts[label] for label in labels]
