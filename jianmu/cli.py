@@ -7,6 +7,7 @@ commands so that ``jianmu --help`` starts fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -312,19 +313,17 @@ def train_command(
         train__epochs=epochs,
         train__quiet=quiet or None,
     )
-    from jianmu.report.console import TrainProgress, train_summary
+    from jianmu.report.console import TrainProgress, crossval_table, train_summary
 
-    if folds is not None:
-        from jianmu.engine.crossval import cross_validate
+    # Under torchrun only rank 0 reports; the other ranks train silently.
+    output = console if int(os.environ.get("RANK", "0")) == 0 else Console(quiet=True)
+    with TrainProgress(output, quiet=config.train.quiet) as progress:
+        if folds is not None:
+            from jianmu.engine.crossval import cross_validate
 
-        with TrainProgress(console, quiet=config.train.quiet) as progress:
-            result = cross_validate(config, folds, reporter=progress)
-        from jianmu.report.console import crossval_table
+            output.print(crossval_table(cross_validate(config, folds, reporter=progress)))
+            return
+        from jianmu.engine.train import train
 
-        console.print(crossval_table(result))
-        return
-    from jianmu.engine.train import train
-
-    with TrainProgress(console, quiet=config.train.quiet) as progress:
         result = train(config, resume=resume, reporter=progress)
-    console.print(train_summary(result))
+    output.print(train_summary(result))

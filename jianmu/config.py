@@ -54,6 +54,11 @@ class DataConfig(_Strict):
     min_images_per_class: int = Field(default=10, ge=1)
     min_image_side: int = Field(default=64, ge=1)
     workers: int = Field(default=2, ge=0)
+    cache_images: bool = Field(
+        default=False,
+        description="keep decoded (reduced) images in memory after the first epoch: for data "
+        "sets that fit in RAM, it removes JPEG decoding from every later epoch",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:

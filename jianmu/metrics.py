@@ -1,9 +1,35 @@
-"""Pure functions over arrays: accuracy, F1 and friends (scikit-learn for the standard ones)."""
+"""Pure functions over arrays: accuracy, per-class scores, confusion, calibration, specimen roll-up
+and open-set (unknown species) scores. scikit-learn computes the standard metrics.
+
+Inputs are numpy arrays (or anything ``np.asarray`` takes): scores, logits or probabilities are
+N x C, targets and predictions are N integer class indices. Outputs are floats, lists, dicts or
+small dataclasses with a ``to_dict()``, ready for JSON.
+"""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import numpy as np
-from sklearn.metrics import f1_score
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, logsumexp
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from jianmu.errors import JianmuError
+
+# Largest query x bank similarity block score_knn holds at once (4M float64 = 32 MiB).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+# --- accuracy and per-class scores ---------------------------------------------------------------
 
 
 def topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int = 1) -> float:
@@ -22,3 +48,492 @@ def macro_f1(predictions: np.ndarray, targets: np.ndarray) -> float:
     if len(targets) == 0:
         return float("nan")
     return float(f1_score(targets, predictions, average="macro", zero_division=0))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax over the last axis of ``logits / temperature``, computed in float64."""
+    if temperature <= 0:
+        raise JianmuError(f"temperature must be positive, got {temperature}")
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def classification_report(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    class_names: list[str],
+    ks: tuple[int, ...] = (1, 2, 3, 5),
+) -> dict[str, Any]:
+    """Top-k accuracy, balanced accuracy, macro/weighted and per-class precision, recall and F1.
+
+    Only the ranking of each row matters, so logits work as well as probabilities. Each k is capped
+    at the number of classes and named by its capped value (with 3 classes, ``ks=(1, 5)`` gives
+    ``top1`` and ``top3``). Macro averages run over the classes present in targets or predictions,
+    as :func:`macro_f1` does; a class never predicted has precision 0.
+
+    Returns:
+        ``count``, ``top{k}`` for each k, ``balanced_accuracy``, ``{macro,weighted}_{precision,
+        recall,f1}`` and ``per_class``: one dict per class with ``class``, ``precision``,
+        ``recall``, ``f1`` and ``support``.
+    """
+    probabilities, targets = _scores_and_targets(probabilities, targets)
+    num_classes = probabilities.shape[1]
+    if len(class_names) != num_classes:
+        raise JianmuError(f"{len(class_names)} class names for {num_classes} score columns")
+    if any(k < 1 for k in ks):
+        raise JianmuError(f"top-k needs k >= 1, got {tuple(ks)}")
+    predictions = probabilities.argmax(axis=1)
+    report: dict[str, Any] = {"count": len(targets)}
+    for k in sorted({min(k, num_classes) for k in ks}):
+        report[f"top{k}"] = topk_accuracy(probabilities, targets, k)
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true": expected when a test set lacks a class.
+        warnings.simplefilter("ignore", UserWarning)
+        report["balanced_accuracy"] = float(balanced_accuracy_score(targets, predictions))
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            targets, predictions, average=average, zero_division=0
+        )
+        report[f"{average}_precision"] = float(precision)
+        report[f"{average}_recall"] = float(recall)
+        report[f"{average}_f1"] = float(f1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, predictions, labels=np.arange(num_classes), average=None, zero_division=0
+    )
+    report["per_class"] = [
+        {
+            "class": name,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
+    return report
+
+
+# --- confusion ------------------------------------------------------------------------------------
+
+
+def confusion(
+    predictions: np.ndarray, targets: np.ndarray, num_classes: int, normalize: bool = False
+) -> np.ndarray:
+    """C x C confusion matrix, rows = true class, columns = predicted class.
+
+    Args:
+        normalize: Divide each row by its total, so a row reads as "where this class went"; a row
+            with no samples stays all zeros.
+
+    Returns:
+        Integer counts, or float row fractions when ``normalize`` is set.
+    """
+    predictions, targets = _predictions_and_targets(predictions, targets, num_classes)
+    labels = np.arange(num_classes)
+    if len(targets):
+        counts = confusion_matrix(targets, predictions, labels=labels).astype(np.int64)
+    else:
+        counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    if not normalize:
+        return counts
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+
+
+def most_confused_pairs(
+    confusion_counts: np.ndarray, class_names: list[str], top: int = 10
+) -> list[tuple[str, str, int | float]]:
+    """The ``top`` largest off-diagonal cells as (true class, predicted class, count).
+
+    Cells equal to zero are left out; ties keep row-major order. A row-normalised matrix works too
+    and gives fractions instead of counts.
+    """
+    counts = np.asarray(confusion_counts)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise JianmuError(f"expected a square confusion matrix, got shape {counts.shape}")
+    if len(class_names) != len(counts):
+        raise JianmuError(f"{len(class_names)} class names for a {len(counts)}-class matrix")
+    off_diagonal = counts.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    rows, columns = np.nonzero(off_diagonal > 0)
+    order = np.argsort(-off_diagonal[rows, columns], kind="stable")[:top]
+    return [
+        (class_names[rows[i]], class_names[columns[i]], off_diagonal[rows[i], columns[i]].item())
+        for i in order
+    ]
+
+
+# --- coarser levels (genus, family) ---------------------------------------------------------------
+
+
+def group_accuracy(
+    predictions: np.ndarray, targets: np.ndarray, group_of_class: list[str]
+) -> float:
+    """Accuracy at a coarser level: a prediction counts if its class is in the target's group.
+
+    Args:
+        group_of_class: The group (genus, family, ...) of each class, indexed by class.
+    """
+    predicted, true, _ = _groups(predictions, targets, group_of_class)
+    return float(np.mean(predicted == true))
+
+
+def within_group_errors(
+    predictions: np.ndarray, targets: np.ndarray, group_of_class: list[str]
+) -> int:
+    """Number of wrong predictions whose class is in the target's group.
+
+    This is "species error inside the right genus": species accuracy + this count / N equals
+    :func:`group_accuracy`.
+    """
+    predicted, true, wrong = _groups(predictions, targets, group_of_class)
+    return int(np.sum(wrong & (predicted == true)))
+
+
+def _groups(
+    predictions: np.ndarray, targets: np.ndarray, group_of_class: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predicted groups, true groups and the wrong-class mask."""
+    groups = np.asarray(group_of_class, dtype=object)
+    predictions, targets = _predictions_and_targets(predictions, targets, len(groups))
+    if len(targets) == 0:
+        raise JianmuError("no samples to evaluate")
+    return groups[predictions], groups[targets], predictions != targets
+
+
+# --- calibration ----------------------------------------------------------------------------------
+
+
+def reliability_bins(
+    probabilities: np.ndarray, targets: np.ndarray, bins: int = 15
+) -> list[dict[str, Any]]:
+    """Accuracy and mean confidence of the top prediction in equal-width confidence bins.
+
+    A bin holds confidences in (lower, upper], as in Guo et al. (2017); a confidence of exactly 0
+    joins the first bin. Empty bins have ``count`` 0 and ``None`` accuracy and confidence.
+    """
+    probabilities, targets = _scores_and_targets(probabilities, targets)
+    if probabilities.min() < 0 or probabilities.max() > 1 + 1e-6:
+        raise JianmuError("expected probabilities in [0, 1]; apply softmax to logits first")
+    if bins < 1:
+        raise JianmuError(f"need at least one bin, got {bins}")
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == targets
+    edges = np.arange(bins + 1) / bins  # b / bins exactly, so 0.7 falls in (0.6, 0.7]
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    hits = np.bincount(index, weights=correct, minlength=bins)
+    confidence_sums = np.bincount(index, weights=confidence, minlength=bins)
+    return [
+        {
+            "lower": float(edges[b]),
+            "upper": float(edges[b + 1]),
+            "count": int(counts[b]),
+            "accuracy": float(hits[b] / counts[b]) if counts[b] else None,
+            "confidence": float(confidence_sums[b] / counts[b]) if counts[b] else None,
+        }
+        for b in range(bins)
+    ]
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, targets: np.ndarray, bins: int = 15
+) -> float:
+    """Expected calibration error: |accuracy - confidence| per bin, weighted by the bin's share."""
+    rows = reliability_bins(probabilities, targets, bins)
+    total = sum(row["count"] for row in rows)
+    return float(
+        sum(
+            row["count"] / total * abs(row["accuracy"] - row["confidence"])
+            for row in rows
+            if row["count"]
+        )
+    )
+
+
+def fit_temperature(
+    logits: np.ndarray, targets: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
+) -> float:
+    """Temperature T in ``bounds`` minimising the NLL of ``softmax(logits / T)``.
+
+    The search runs over log T (bounded Brent, deterministic). T > 1 softens an over-confident
+    model. On perfectly separated data the NLL keeps falling as T shrinks, so T ends up small.
+    """
+    logits, targets = _scores_and_targets(logits, targets)
+    if not 0 < bounds[0] < bounds[1]:
+        raise JianmuError(f"temperature bounds must satisfy 0 < low < high, got {bounds}")
+    rows = np.arange(len(targets))
+
+    def nll(log_temperature: float) -> float:
+        log_probabilities = log_softmax(logits / np.exp(log_temperature), axis=1)
+        return float(-log_probabilities[rows, targets].mean())
+
+    result = minimize_scalar(
+        nll, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-6}
+    )
+    return float(np.exp(result.x))
+
+
+# --- specimen roll-up -----------------------------------------------------------------------------
+
+
+def aggregate_by_group(
+    probabilities: np.ndarray,
+    group_ids: np.ndarray,
+    method: Literal["mean", "vote", "max"] = "mean",
+) -> tuple[list[Any], np.ndarray]:
+    """Combine the images of each specimen (or any group) into one probability row.
+
+    Args:
+        group_ids: One id per row (str or int).
+        method: ``mean`` averages the rows; ``vote`` is the normalised histogram of each image's
+            top class (ties: lowest index); ``max`` takes the per-class maximum, renormalised.
+
+    Returns:
+        The unique ids in first-seen order and a G x C array of probabilities in the same order.
+    """
+    probabilities = _matrix(probabilities, "probabilities")
+    group_ids = np.asarray(group_ids)
+    if group_ids.shape != (len(probabilities),):
+        raise JianmuError(f"{len(group_ids)} group ids for {len(probabilities)} rows")
+    if method not in ("mean", "vote", "max"):
+        raise JianmuError(f"unknown aggregation method {method!r}; use mean, vote or max")
+    unique, first, inverse = np.unique(group_ids, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    slot = rank[inverse.reshape(-1)]
+    shape = (len(unique), probabilities.shape[1])
+    if method == "max":
+        combined = np.full(shape, -np.inf)
+        np.maximum.at(combined, slot, probabilities)
+        return unique[order].tolist(), combined / combined.sum(axis=1, keepdims=True)
+    if method == "vote":
+        probabilities = np.eye(shape[1])[probabilities.argmax(axis=1)]
+    combined = np.zeros(shape)
+    np.add.at(combined, slot, probabilities)
+    return unique[order].tolist(), combined / np.bincount(slot, minlength=shape[0])[:, None]
+
+
+# --- open set: higher score = more likely a known species ----------------------------------------
+
+
+@dataclass(eq=False)
+class MahalanobisModel:
+    """Class means (K x D) and the shared precision matrix (D x D) of training features."""
+
+    means: np.ndarray
+    precision: np.ndarray
+
+    def to_dict(self) -> dict[str, list]:
+        return {"means": self.means.tolist(), "precision": self.precision.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list]) -> MahalanobisModel:
+        return cls(np.asarray(data["means"]), np.asarray(data["precision"]))
+
+
+@dataclass(eq=False)
+class KnnModel:
+    """L2-normalised training embeddings (M x D)."""
+
+    embeddings: np.ndarray
+
+    def to_dict(self) -> dict[str, list]:
+        return {"embeddings": self.embeddings.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list]) -> KnnModel:
+        return cls(np.asarray(data["embeddings"]))
+
+
+def score_msp(logits: np.ndarray) -> np.ndarray:
+    """Maximum softmax probability of each row."""
+    return softmax(_matrix(logits, "logits")).max(axis=1)
+
+
+def score_energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative energy, ``T * logsumexp(logits / T)`` per row (Liu et al., 2020)."""
+    if temperature <= 0:
+        raise JianmuError(f"temperature must be positive, got {temperature}")
+    return temperature * logsumexp(_matrix(logits, "logits") / temperature, axis=1)
+
+
+def fit_mahalanobis(
+    features: np.ndarray, targets: np.ndarray, ridge: float = 1e-3
+) -> MahalanobisModel:
+    """Class means and a shared covariance of ``features``, inverted into a precision matrix.
+
+    Args:
+        ridge: Added to the covariance diagonal, relative to the mean feature variance, so that
+            fewer samples than dimensions still give a usable precision matrix.
+    """
+    features = _matrix(features, "features")
+    targets = np.asarray(targets)
+    if targets.shape != (len(features),):
+        raise JianmuError(f"{len(targets)} targets for {len(features)} feature rows")
+    if len(features) == 0:
+        raise JianmuError("no features to fit on")
+    classes, index = np.unique(targets, return_inverse=True)
+    index = index.reshape(-1)
+    means = np.stack([features[index == i].mean(axis=0) for i in range(len(classes))])
+    centered = features - means[index]
+    covariance = centered.T @ centered / len(features)
+    scale = np.trace(covariance) / len(covariance) or 1.0
+    covariance += ridge * scale * np.eye(len(covariance))
+    return MahalanobisModel(means, np.linalg.pinv(covariance, hermitian=True))
+
+
+def score_mahalanobis(model: MahalanobisModel, features: np.ndarray) -> np.ndarray:
+    """Negative Mahalanobis distance of each row to the nearest class mean."""
+    features = _matrix(features, "features")
+    if features.shape[1] != model.means.shape[1]:
+        raise JianmuError(f"features have {features.shape[1]} dims, model {model.means.shape[1]}")
+    projected = features @ model.precision
+    squared = (
+        (projected * features).sum(axis=1)[:, None]
+        - 2 * projected @ model.means.T
+        + ((model.means @ model.precision) * model.means).sum(axis=1)[None, :]
+    )
+    return -np.sqrt(np.clip(squared.min(axis=1), 0, None))
+
+
+def fit_knn(features: np.ndarray) -> KnnModel:
+    """Keep the L2-normalised training embeddings (float32 stays float32)."""
+    features = _matrix(features, "features", keep_float32=True)
+    if len(features) == 0:
+        raise JianmuError("no features to fit on")
+    return KnnModel(_l2_normalize(features))
+
+
+def score_knn(model: KnnModel, features: np.ndarray, k: int = 5) -> np.ndarray:
+    """Negative Euclidean distance to the k-th nearest training embedding, both L2-normalised.
+
+    Scoring the training features themselves counts each one as its own nearest neighbour.
+    """
+    bank = model.embeddings
+    if not 1 <= k <= len(bank):
+        raise JianmuError(f"k must be between 1 and {len(bank)} training embeddings, got {k}")
+    queries = _l2_normalize(_matrix(features, "features", keep_float32=True))
+    if queries.shape[1] != bank.shape[1]:
+        raise JianmuError(f"features have {queries.shape[1]} dims, model {bank.shape[1]}")
+    step = max(1, _CHUNK_ELEMENTS // len(bank))
+    scores = np.empty(len(queries), dtype=np.float64)
+    for start in range(0, len(queries), step):
+        similarity = queries[start : start + step] @ bank.T
+        kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
+        # |a - b|^2 = 2 - 2 a.b for unit vectors
+        scores[start : start + step] = -np.sqrt(np.clip(2 - 2 * kth, 0, None))
+    return scores
+
+
+def auroc_known_vs_unknown(scores_known: np.ndarray, scores_unknown: np.ndarray) -> float:
+    """Area under the ROC curve for telling known (positive) from unknown samples by score."""
+    known = _vector(scores_known, "known scores")
+    unknown = _vector(scores_unknown, "unknown scores")
+    labels = np.concatenate([np.ones(len(known)), np.zeros(len(unknown))])
+    return float(roc_auc_score(labels, np.concatenate([known, unknown])))
+
+
+def threshold_for_recall(scores_known: np.ndarray, target_recall: float) -> float:
+    """Largest threshold t with at least ``target_recall`` of the known scores >= t.
+
+    On the scores it was fit on, accepting ``score >= t`` keeps at least the target recall (more
+    when scores tie at t). ``target_recall=1`` gives the lowest known score.
+    """
+    scores = _vector(scores_known, "known scores")
+    if not 0 < target_recall <= 1:
+        raise JianmuError(f"target recall must be in (0, 1], got {target_recall}")
+    # Smallest count m with m / n >= target, using the same division a recall check does
+    # (a plain ceil(0.7 * 10) gives 8).
+    fractions = np.arange(1, len(scores) + 1) / len(scores)
+    needed = int(np.searchsorted(fractions, target_recall, side="left")) + 1
+    return float(np.sort(scores)[::-1][needed - 1])
+
+
+def open_set_report(
+    scores_known: np.ndarray, scores_unknown: np.ndarray, threshold: float
+) -> dict[str, float | int]:
+    """Accept ``score >= threshold`` as known: recall on known, rejection of unknown, AUROC."""
+    known = _vector(scores_known, "known scores")
+    unknown = _vector(scores_unknown, "unknown scores")
+    known_recall = float(np.mean(known >= threshold))
+    unknown_rejection = float(np.mean(unknown < threshold))
+    return {
+        "threshold": float(threshold),
+        "known_count": len(known),
+        "unknown_count": len(unknown),
+        "known_recall": known_recall,
+        "unknown_rejection": unknown_rejection,
+        "balanced_recall": (known_recall + unknown_rejection) / 2,
+        "auroc": auroc_known_vs_unknown(known, unknown),
+    }
+
+
+# --- input checks ---------------------------------------------------------------------------------
+
+
+def _matrix(values: np.ndarray, what: str, keep_float32: bool = False) -> np.ndarray:
+    """A finite 2-D float array (float64 unless float32 is given and kept)."""
+    array = np.asarray(values)
+    dtype = np.float32 if keep_float32 and array.dtype == np.float32 else np.float64
+    array = array.astype(dtype, copy=False)
+    if array.ndim != 2:
+        raise JianmuError(f"expected {what} as an N x C array, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise JianmuError(f"{what} contain NaN or infinite values")
+    return array
+
+
+def _vector(values: np.ndarray, what: str) -> np.ndarray:
+    """A finite, non-empty 1-D float array."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) == 0:
+        raise JianmuError(f"expected {what} as a non-empty 1-D array, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise JianmuError(f"{what} contain NaN or infinite values")
+    return array
+
+
+def _l2_normalize(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, np.finfo(rows.dtype).tiny)
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
+    if labels.size == 0:
+        return
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise JianmuError(f"{what} must be integer class indices in [0, {num_classes})")
+    if labels.max() >= num_classes:
+        raise JianmuError(f"{what} must be integer class indices in [0, {num_classes})")
+
+
+def _scores_and_targets(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-empty N x C float scores and N integer targets within range."""
+    scores = _matrix(scores, "scores")
+    targets = np.asarray(targets)
+    if targets.shape != (len(scores),):
+        raise JianmuError(f"{targets.size} targets for {len(scores)} rows of scores")
+    if len(targets) == 0:
+        raise JianmuError("no samples to evaluate")
+    _check_labels(targets, scores.shape[1], "targets")
+    return scores, targets.astype(np.int64)
+
+
+def _predictions_and_targets(
+    predictions: np.ndarray, targets: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two equal-length integer arrays of class indices within range."""
+    predictions = np.asarray(predictions)
+    targets = np.asarray(targets)
+    if predictions.ndim != 1 or predictions.shape != targets.shape:
+        raise JianmuError(
+            f"expected 1-D predictions and targets of equal length, got shapes "
+            f"{predictions.shape} and {targets.shape}"
+        )
+    _check_labels(predictions, num_classes, "predictions")
+    _check_labels(targets, num_classes, "targets")
+    return predictions.astype(np.int64), targets.astype(np.int64)

@@ -93,10 +93,38 @@ def test_existing_run_is_never_overwritten(toy_data, tmp_path):
     assert (tmp_path / "run" / "best.safetensors").read_bytes() == before
 
 
-def test_ema_is_evaluated_and_can_be_saved(toy_data, tmp_path):
-    result = train(toy_config(toy_data, tmp_path / "run", "train.ema=true", "train.epochs=2"))
-    row = result.history[-1]
-    assert "ema_val_top1" in row and row["weights"] in ("ema", "model")
+def test_ema_is_evaluated_and_tracks_the_weights(toy_data, tmp_path):
+    result = train(toy_config(toy_data, tmp_path / "run", "train.ema=true", "train.epochs=3"))
+    assert all(
+        "ema_val_top1" in row and row["weights"] in ("ema", "model") for row in result.history
+    )
+    state = torch.load(result.run_dir / "last.state.pt", weights_only=True)
+    name = next(key for key, value in state["model"].items() if value.dim() == 4)  # first conv
+    assert not torch.equal(state["ema"][f"module.{name}"], state["model"][name])  # an average
+    without = train(toy_config(toy_data, tmp_path / "plain", "train.epochs=3"))
+    assert "ema_val_top1" not in without.history[-1]
+
+
+def test_mixup_cutmix_and_clipping_train(toy_data, tmp_path):
+    options = ["train.mixup=0.2", "train.cutmix=1.0", "train.grad_clip=1.0", "train.epochs=2"]
+    result = train(toy_config(toy_data, tmp_path / "run", *options))
+    assert len(result.history) == 2
+    with pytest.raises(JianmuError, match="even"):
+        train(toy_config(toy_data, tmp_path / "odd", "train.mixup=0.2", "train.batch_size=7"))
+
+
+def test_class_weighted_loss_favours_rare_classes():
+    from jianmu.config import TrainConfig
+    from jianmu.engine.splits import DataSplits
+    from jianmu.engine.train import build_loss
+
+    items = [("a", 0)] * 30 + [("b", 1)] * 10
+    splits = DataSplits(None, ["a", "b"], [None, None], {"train": items}, "")
+    loss_fn, mixup = build_loss(TrainConfig(imbalance="loss"), splits, torch.device("cpu"))
+    assert mixup is None
+    assert loss_fn.weight.tolist() == pytest.approx([40 / 60, 40 / 20])
+    plain, _ = build_loss(TrainConfig(), splits, torch.device("cpu"))
+    assert plain.weight is None
 
 
 def test_early_stopping_stops(toy_data, tmp_path):
@@ -139,7 +167,7 @@ def test_sampler_shards_are_disjoint_and_cover_the_data():
 def test_imbalance_options_run(toy_data, tmp_path):
     for option in ("sampler", "loss"):
         result = train(toy_config(toy_data, tmp_path / option, f"train.imbalance={option}"))
-        assert result.history
+        assert len(result.history) == 2
 
 
 def test_single_class_dataset_is_refused(tmp_path):
@@ -215,3 +243,71 @@ def test_kill_and_resume_equals_uninterrupted(toy_data, tmp_path):
     expected = load_checkpoint(tmp_path / "reference" / "last.safetensors").state_dict
     for name, tensor in expected.items():
         assert torch.allclose(final[name], tensor, atol=1e-4), name
+
+
+def test_cross_validation_folds_are_disjoint_and_reused(toy_data, tmp_path):
+    from jianmu.engine.crossval import cross_validate, make_folds
+
+    config = toy_config(toy_data, tmp_path / "cv", "train.epochs=1")
+    folds = make_folds(config, 3)
+    tests = [{row.path for row in rows if row.split == "test"} for rows in folds]
+    assert sum(len(t) for t in tests) == 48 and len(set().union(*tests)) == 48
+    for rows in folds:
+        specimens = {}
+        for row in rows:
+            specimens.setdefault(row.specimen, set()).add(row.split)
+        assert all(len(splits) == 1 for splits in specimens.values())
+        assert {row.split for row in rows} == {"train", "val", "test"}
+    result = cross_validate(config, 3)
+    assert len(result.folds) == 3
+    summary = json.loads((tmp_path / "cv" / "crossval.json").read_text())
+    assert summary["mean"]["test_top1"] == pytest.approx(result.mean("test_top1"))
+    for fold in result.folds:
+        assert (fold.run_dir / "test_metrics.json").is_file()
+    again = cross_validate(config, 3)  # finished folds are reused, not retrained
+    assert all(fold.reused for fold in again.folds)
+    assert again.mean("test_top1") == pytest.approx(result.mean("test_top1"))
+
+
+def test_cli_train_prints_a_summary_and_refuses_bad_values(toy_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from jianmu.cli import app
+
+    config_path = save_config(toy_config(toy_data, None, "train.epochs=1"), tmp_path / "toy.yaml")
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(config_path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "test_top1" in result.output and "best checkpoint" in result.output
+    bad = runner.invoke(app, ["train", str(config_path), "--set", "train.lr=-1"])
+    assert bad.exit_code == 2 and "train.lr" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(app, ["train", str(config_path), "--data", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_ddp_two_gloo_processes(toy_data, tmp_path):
+    """torchrun with 2 CPU processes: disjoint shards, one checkpoint in the usual format."""
+    config_path = save_config(toy_config(toy_data, None, "train.epochs=1"), tmp_path / "toy.yaml")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*torchrun, "-m", "jianmu", "train", str(config_path), "--out", str(run), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("best checkpoint") == 1  # rank 0 alone reports
+    shards = [json.loads((run / f"shard_rank{r}.json").read_text())["indices"] for r in (0, 1)]
+    assert shards[0] and len(shards[0]) == len(shards[1])
+    train_rows = sum(line.split(",")[3] == "train" for line in (run / "manifest.csv").open())
+    assert len(set(shards[0]) & set(shards[1])) <= 1  # disjoint (one pad index when odd)
+    assert len(set(shards[0]) | set(shards[1])) == train_rows
+    single = train(toy_config(toy_data, tmp_path / "single", "train.epochs=1"))
+    ddp_checkpoint = load_checkpoint(run)
+    single_checkpoint = load_checkpoint(single.run_dir)
+    assert ddp_checkpoint.meta.keys() == single_checkpoint.meta.keys()
+    assert ddp_checkpoint.state_dict.keys() == single_checkpoint.state_dict.keys()
+    assert ddp_checkpoint.classes == single_checkpoint.classes

@@ -27,11 +27,13 @@ class ImageDataset(Dataset):
         transform: Callable[[np.ndarray], torch.Tensor],
         decode_size: int | None,
         seed: int = 0,
+        cache: bool = False,
     ) -> None:
         self.items = list(items)
         self.transform = transform
         self.decode_size = decode_size
         self.seed = seed
+        self.cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -39,7 +41,11 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.items[index]
-        image = np.asarray(load_image(path, size=self.decode_size))
+        image = self.cache.get(index) if self.cache is not None else None
+        if image is None:
+            image = np.asarray(load_image(path, size=self.decode_size))
+            if self.cache is not None:
+                self.cache[index] = image
         if hasattr(self.transform, "set_random_state"):
             entropy = [self.seed, epoch, index]
             self.transform.set_random_state(

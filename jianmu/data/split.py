@@ -99,6 +99,7 @@ def split_samples(
     config: DataConfig,
     seed: int,
     root: str | Path | None = None,
+    fractions: Mapping[str, float] | None = None,
 ) -> SplitResult:
     """Assign every readable sample to train/val/test, grouped, stratified and seeded.
 
@@ -111,12 +112,15 @@ def split_samples(
         seed: the same seed gives the same manifest.
         root: data root the manifest paths are relative to; default ``config.root``, else the
             folder holding the class folders.
+        fractions: other split names and shares instead of the config's train/val/test (e.g.
+            ``{"fold1": 0.2, ..., "fold5": 0.2}`` for cross-validation folds).
     """
     data_root = Path(root or config.root or _infer_root(samples)).expanduser().absolute()
     records = _records_for(samples, records, config.workers)
-    fractions = {"train": 1.0 - config.val_fraction - config.test_fraction}
-    fractions |= {"val": config.val_fraction, "test": config.test_fraction}
-    active = [name for name in SPLITS if fractions[name] > 0]
+    if fractions is None:
+        fractions = {"train": 1.0 - config.val_fraction - config.test_fraction}
+        fractions |= {"val": config.val_fraction, "test": config.test_fraction}
+    active = [name for name in fractions if fractions[name] > 0]
 
     kept = [(s, r) for s, r in zip(samples, records, strict=True) if r.ok]
     excluded = [
@@ -132,7 +136,7 @@ def split_samples(
         labels = {kept[i][0].label for i in group}
         if len(labels) > 1:
             conflicts.append(_conflict(group, kept, data_root))
-            assignment.update((i, "train") for i in group)
+            assignment.update((i, active[0]) for i in group)
         else:
             by_class[labels.pop()].append(group)
 

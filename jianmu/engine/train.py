@@ -264,7 +264,8 @@ def build_loaders(
         "pin_memory": runtime.device.type == "cuda",
         "worker_init_fn": _init_worker,
     }
-    train_set = ImageDataset(train_items, train_transform, decode_size, config.seed)
+    cache = config.data.cache_images
+    train_set = ImageDataset(train_items, train_transform, decode_size, config.seed, cache)
     loaders = {
         "train": DataLoader(
             train_set, batch_size, sampler=sampler, drop_last=len(sampler) > batch_size, **common
@@ -272,7 +273,7 @@ def build_loaders(
     }
     for split in ("val", "test"):
         if splits.items.get(split):
-            dataset = ImageDataset(splits.items[split], eval_transform, decode_size)
+            dataset = ImageDataset(splits.items[split], eval_transform, decode_size, cache=cache)
             loaders[split] = DataLoader(dataset, config.eval.batch_size, **common)
     return loaders
 
@@ -408,20 +409,22 @@ def _restore(path: Path, splits: DataSplits, model, stepper: Stepper) -> list[di
 
 
 def _validate(model, ema, loader, device, amp_dtype, row: dict[str, Any]) -> nn.Module:
-    """Score the model (and its EMA) on validation data into ``row``; return the better one."""
-    row.update(score_logits(*predict_logits(model, loader, device, amp_dtype), "val"))
+    """Score the model on validation data into ``row``. With EMA, both are scored (``model_val_*``,
+    ``ema_val_*``), ``val_*`` holds the better one and ``weights`` names it; it is returned."""
+    scores = score_logits(*predict_logits(model, loader, device, amp_dtype), "val")
     if ema is None:
+        row.update(scores)
         return model
     ema_scores = score_logits(*predict_logits(ema.module, loader, device, amp_dtype), "val")
+    row.update({f"model_{k}": v for k, v in scores.items()})
     row.update({f"ema_{k}": v for k, v in ema_scores.items()})
-    if ema_scores["val_top1"] > row["val_top1"] or (
-        ema_scores["val_top1"] == row["val_top1"] and ema_scores["val_loss"] < row["val_loss"]
-    ):
-        row.update(ema_scores)
-        row["weights"] = "ema"
-        return ema.module
-    row["weights"] = "model"
-    return model
+    use_ema = (ema_scores["val_top1"], -ema_scores["val_loss"]) > (
+        scores["val_top1"],
+        -scores["val_loss"],
+    )
+    row.update(ema_scores if use_ema else scores)
+    row["weights"] = "ema" if use_ema else "model"
+    return ema.module if use_ema else model
 
 
 def _test_best(run_dir, model, loader, runtime: Runtime, amp_dtype) -> dict[str, float] | None:
@@ -440,6 +443,10 @@ def _test_best(run_dir, model, loader, runtime: Runtime, amp_dtype) -> dict[str,
 
 
 def _better(row: dict[str, Any], best: dict[str, Any], monitor: str) -> bool:
+    """Better on the monitored metric; on a tie (small validation sets saturate accuracy), the
+    lower validation loss wins."""
+    if row[monitor] == best[monitor]:
+        return row["val_loss"] < best["val_loss"]
     if MONITOR_MODE[monitor] is max:
         return row[monitor] > best[monitor]
     return row[monitor] < best[monitor]

@@ -292,3 +292,28 @@ def split_renderables(result) -> list:
             Text("leak-free: no specimen or duplicate group spans two splits", style="bold green")
         )
     return out
+
+
+def crossval_table(result) -> Table:
+    table = Table(title=f"cross-validation {result.out}", title_justify="left")
+    for column in ("fold", "train/val/test", "best epoch", "test top-1", "test macro-F1", "time"):
+        table.add_column(column, justify="right")
+    for fold in result.folds:
+        images = fold.images
+        table.add_row(
+            str(fold.fold) + (" (reused)" if fold.reused else ""),
+            f"{images['train']}/{images['val']}/{images['test']}",
+            f"{fold.best_epoch}/{fold.epochs_run}",
+            f"{fold.test_metrics['test_top1']:.4f}",
+            f"{fold.test_metrics['test_macro_f1']:.4f}",
+            f"{fold.wall_seconds:.0f} s",
+        )
+    table.add_row(
+        Text("mean ± std", style="bold"),
+        "",
+        "",
+        f"{result.mean('test_top1'):.4f} ± {result.std('test_top1'):.4f}",
+        f"{result.mean('test_macro_f1'):.4f} ± {result.std('test_macro_f1'):.4f}",
+        f"{result.wall_seconds:.0f} s",
+    )
+    return table

@@ -22,10 +22,13 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
         loss_axis.plot(epochs, [row.get(key) for row in history], marker=".", label=label)
     for key, label in (("train_top1", "train"), ("val_top1", "validation")):
         accuracy_axis.plot(epochs, [row.get(key) for row in history], marker=".", label=label)
-    if any("ema_val_top1" in row for row in history):
-        accuracy_axis.plot(
-            epochs, [row.get("ema_val_top1") for row in history], ls="--", label="validation (EMA)"
-        )
+    if any("ema_val_top1" in row for row in history):  # val_* is the better of model and EMA
+        for key, label in (
+            ("model_val_top1", "validation, model"),
+            ("ema_val_top1", "validation, EMA"),
+        ):
+            values = [row.get(key) for row in history]
+            accuracy_axis.plot(epochs, values, ls="--", lw=1, label=label)
     loss_axis.set(title="loss", xlabel="epoch")
     accuracy_axis.set(title="top-1 accuracy", xlabel="epoch", ylim=(0, 1.02))
     for axis in (loss_axis, accuracy_axis):
