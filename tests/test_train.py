@@ -30,7 +30,7 @@ def toy_config(root, out, *overrides):
     return load_config(
         overrides=[
             f"data.root={root}",
-            f"out={out}",
+            *([f"out={out}"] if out is not None else []),
             "model.name=test_resnet",
             "model.img_size=32",
             "train.epochs=2",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jianmu.config import Config
 from jianmu.data.samples import find_samples, natural_key
-from jianmu.data.split import ManifestRow, read_manifest, split_samples, write_manifest
+from jianmu.data.split import ManifestRow, read_manifest, split_samples
 from jianmu.data.synth import is_synthetic_set
 from jianmu.errors import JianmuError
 from jianmu.taxonomy import load_taxonomy
@@ -22,6 +22,7 @@ class DataSplits:
     items: dict[str, list[tuple[Path, int]]]
     manifest_sha256: str
     synthetic: bool = False
+    rows: list[ManifestRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def class_counts(self, split: str) -> list[int]:
@@ -31,7 +32,7 @@ class DataSplits:
         return counts
 
 
-def load_splits(config: Config, manifest_out: Path | None = None) -> DataSplits:
+def load_splits(config: Config) -> DataSplits:
     """Read ``data.manifest`` or split ``data.root`` (grouped, stratified, seeded); check the
     result can train: at least two classes, and every class in train and val."""
     root = config.data.root
@@ -45,8 +46,6 @@ def load_splits(config: Config, manifest_out: Path | None = None) -> DataSplits:
         rows = split_samples(samples, None, config.data, seed=config.seed, root=root).rows
     if not rows:
         raise JianmuError(f"{root}: no readable images to train on")
-    if manifest_out is not None:
-        write_manifest(manifest_out, rows)
     classes = sorted({row.label for row in rows}, key=natural_key)
     if len(classes) < 2:
         raise JianmuError(f"{root}: training needs at least 2 classes, found {len(classes)}")
@@ -56,7 +55,7 @@ def load_splits(config: Config, manifest_out: Path | None = None) -> DataSplits:
         items[row.split].append((root / row.path, index[row.label]))
     splits = DataSplits(
         root, classes, _species(config, classes), items, _manifest_hash(rows),
-        synthetic=is_synthetic_set(root),
+        synthetic=is_synthetic_set(root), rows=rows,
     )  # fmt: skip
     for split in ("train", "val"):
         empty = [c for c, n in zip(classes, splits.class_counts(split), strict=True) if n == 0]

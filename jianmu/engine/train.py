@@ -28,6 +28,7 @@ import jianmu
 from jianmu.config import Config, TrainConfig, load_config, save_config
 from jianmu.data.dataset import EpochSampler, ImageDataset, class_balanced_weights
 from jianmu.data.spec import TransformSpec
+from jianmu.data.split import write_manifest
 from jianmu.data.transforms import build_eval_transform, build_train_transform
 from jianmu.engine.runtime import (
     Runtime,
@@ -122,8 +123,10 @@ def train(
         config = load_config(Path(resume) / "config.yaml")
     use_deterministic(config.train.deterministic)
     seed_everything(config.seed)
+    splits = load_splits(config)  # bad data fails here, before a run folder is made
     run_dir = _prepare_run_dir(config, resume, runtime)
-    splits = load_splits(config, manifest_out=run_dir / "manifest.csv" if runtime.is_main else None)
+    if runtime.is_main and resume is None:
+        write_manifest(run_dir / "manifest.csv", splits.rows)
     model = build_model(config.model, len(splits.classes)).to(runtime.device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
