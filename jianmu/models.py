@@ -29,6 +29,7 @@ from jianmu.errors import JianmuError
 
 CHECKPOINT_FORMAT = "jianmu.checkpoint/1"
 _META_KEY = "jianmu"
+_EXTRA_PREFIX = "jianmu_extra."
 
 
 def build_model(config: ModelConfig, num_classes: int, hub_check: Callable[[], bool] | None = None):
@@ -123,6 +124,8 @@ class Checkpoint:
 
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors beside the weights, e.g. the open-set feature statistics (``openset.*``)."""
 
     @property
     def classes(self) -> list[str]:
@@ -161,9 +164,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Save weights (safetensors) with ``meta`` as JSON in the file's metadata, atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module | dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    extras: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save weights (safetensors) with ``meta`` as JSON in the file's metadata, atomically.
+
+    ``extras`` are stored under ``_EXTRA_PREFIX`` and come back in :attr:`Checkpoint.extras`.
+    """
+    weights = model if isinstance(model, dict) else _unwrap(model).state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    for name, tensor in (extras or {}).items():
+        state[_EXTRA_PREFIX + name] = tensor.detach().cpu().contiguous()
     document = json.dumps({"format": CHECKPOINT_FORMAT, **meta}, default=str, ensure_ascii=False)
     metadata = {_META_KEY: document}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
@@ -192,7 +206,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for key in ("model_name", "classes", "preprocessing"):
         if key not in meta:
             raise JianmuError(f"{path}: checkpoint metadata lacks {key!r}")
-    return Checkpoint(state, meta)
+    extras = {
+        k.removeprefix(_EXTRA_PREFIX): v for k, v in state.items() if k.startswith(_EXTRA_PREFIX)
+    }
+    weights = {k: v for k, v in state.items() if not k.startswith(_EXTRA_PREFIX)}
+    return Checkpoint(weights, meta, extras)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

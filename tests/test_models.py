@@ -109,3 +109,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(target, fail)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
+
+
+def test_checkpoint_extras_round_trip(tmp_path):
+    model = build_model(TINY, num_classes=2)
+    meta = {"model_name": "test_resnet", "classes": ["a", "b"], "preprocessing": {}}
+    extras = {"openset.knn": torch.randn(4, 8)}
+    save_checkpoint(tmp_path / "c.safetensors", model, meta, extras=extras)
+    checkpoint = load_checkpoint(tmp_path / "c.safetensors")
+    assert torch.equal(checkpoint.extras["openset.knn"], extras["openset.knn"])
+    assert not any(key.startswith("jianmu_extra") for key in checkpoint.state_dict)
+    checkpoint.build_model()  # the extras do not disturb loading the weights

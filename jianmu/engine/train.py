@@ -141,6 +141,7 @@ def train(
         history = _restore(run_dir / "last.state.pt", splits, model, stepper)
     trained = _wrap_ddp(model, runtime)
     best = _best_row(history, config.train.monitor)
+    earlier_s = history[-1]["time_s"] if history else 0.0  # time_s counts across resumes
     for epoch in range(len(history), config.train.epochs):
         seed_everything(config.seed * 1000 + epoch * 10 + runtime.rank)
         loaders["train"].sampler.set_epoch(epoch)
@@ -152,7 +153,7 @@ def train(
         )
         row = {"epoch": epoch + 1, **row, "lr": stepper.optimizer.param_groups[0]["lr"]}
         weights = _validate(model, stepper.ema, loaders["val"], runtime.device, amp_dtype, row)
-        row["time_s"] = round(time.perf_counter() - started, 2)
+        row["time_s"] = round(earlier_s + time.perf_counter() - started, 2)
         history.append(row)
         if best is None or _better(row, best, config.train.monitor):
             best = row
@@ -187,7 +188,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss, accuracy and images/s."""
     model.train()
-    total_loss, correct, seen, compute_s = 0.0, 0, 0, 0.0
+    total_loss, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     for images, targets in loader:
         images = images.to(device, non_blocking=True, memory_format=_memory_format(model))
@@ -204,11 +205,11 @@ def train_one_epoch(
         elapsed = time.perf_counter() - started
         if reporter is not None:
             reporter.batch(total_loss / seen, correct / seen, seen / max(elapsed, 1e-9))
-    compute_s = time.perf_counter() - started
+    elapsed = time.perf_counter() - started
     return {
         "train_loss": total_loss / max(seen, 1),
         "train_top1": correct / max(seen, 1),
-        "images_per_s": seen / max(compute_s, 1e-9),
+        "images_per_s": seen / max(elapsed, 1e-9),
     }
 
 
