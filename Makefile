@@ -18,13 +18,13 @@ $(VENV)/.installed: pyproject.toml
 # data -> audit -> split -> augmentation preview -> train.
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/jianmu data synth $(DEMO)/data --domain wood --classes 5 --per-class 40 --seed 0
+	$(BIN)/jianmu data synth $(DEMO)/data --domain wood --classes 5 --per-class 40 --specimens 8 --seed 0
 	$(BIN)/jianmu taxonomy check wood $(DEMO)/data
 	$(BIN)/jianmu data check $(DEMO)/data --config configs/wood.yaml --json $(DEMO)/audit.json
 	$(BIN)/jianmu data split $(DEMO)/data --config configs/wood.yaml --out $(DEMO)/manifest.csv
 	$(BIN)/jianmu data preview configs/wood.yaml $(DEMO)/data --out $(DEMO)/preview.png
-	$(BIN)/jianmu train configs/wood.yaml --data $(DEMO)/data --manifest $(DEMO)/manifest.csv \
-		--out $(DEMO)/run --epochs 12 --set model.img_size=160 --quiet
+	$(BIN)/jianmu train configs/demo.yaml --data $(DEMO)/data --manifest $(DEMO)/manifest.csv \
+		--out $(DEMO)/run --quiet
 	@echo "demo outputs in $(DEMO)/: audit.json manifest.csv preview.png run/"
 
 test: install
