@@ -327,3 +327,57 @@ def train_command(
 
         result = train(config, resume=resume, reporter=progress)
     output.print(train_summary(result))
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="run folder (its best checkpoint) or checkpoint .safetensors"),
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="dataset root")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("eval"),
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="manifest CSV; evaluates one --split of it")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    tta: Annotated[
+        bool | None, typer.Option("--tta/--no-tta", help="8 flips/rotations per image")
+    ] = None,
+    open_set: Annotated[
+        Path | None,
+        typer.Option(
+            "--open-set", help="CONFIG: run the leave-species-out protocol (trains one model each)"
+        ),
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Evaluate a model (per class, specimen, calibration, unknowns) or run the open-set test."""
+    from jianmu.config import load_config
+
+    if data is None:
+        raise JianmuError("give --data ROOT (the images to evaluate on)")
+    if open_set is not None:
+        from jianmu.engine.openset import open_set_markdown, run_open_set
+        from jianmu.report.console import TrainProgress
+
+        config = load_config(open_set, overrides or [], data__root=data, out=out)
+        with TrainProgress(console, quiet=True) as progress:
+            result = run_open_set(config, reporter=progress)
+        text = open_set_markdown(result)
+        (out / "openset.md").write_text(text, encoding="utf-8")
+        console.print(text)
+        console.print(f"best rule: {result.best_rule}; table in {out / 'openset.md'}")
+        return
+    if model is None:
+        raise JianmuError("give a MODEL (run folder or checkpoint), or --open-set CONFIG")
+    config = load_config(config_path, overrides or [], eval__tta=tta)
+    from jianmu.engine.evaluate import evaluate
+    from jianmu.report.console import eval_summary
+
+    result = evaluate(model, data, out, config.eval, manifest, split, config.data.specimen_pattern)
+    console.print(eval_summary(result, out))

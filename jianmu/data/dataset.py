@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from jianmu.data.images import load_image
+from jianmu.data.images import ImageDecodeError, load_image
 
 
 class ImageDataset(Dataset):
@@ -109,3 +109,17 @@ def class_balanced_weights(labels: Sequence[int]) -> list[float]:
     """Per-sample weights so that each class is drawn equally often."""
     counts = np.bincount(np.asarray(labels))
     return [1.0 / counts[label] for label in labels]
+
+
+class TolerantImageDataset(ImageDataset):
+    """Like :class:`ImageDataset`, but an unreadable image yields a zero tensor and ``ok=False``
+    instead of an error, so evaluation and prediction list bad files and go on."""
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, bool]:
+        index = key[1] if isinstance(key, tuple) else key
+        try:
+            image, label = super().__getitem__(key)
+            return image, label, True
+        except ImageDecodeError:
+            size = self.transform.spec.input_size
+            return torch.zeros(3, size, size), self.items[index][1], False

@@ -164,6 +164,11 @@ def train(
         reporter.end_epoch(row)
         if _should_stop(history, best, config.train.early_stopping_patience):
             break
+    _barrier(runtime)
+    if runtime.is_main:
+        from jianmu.engine.calibrate import calibrate_checkpoint
+
+        calibrate_checkpoint(run_dir / "best.safetensors", splits.items, config.eval, config.seed)
     test_metrics = _test_best(run_dir, model, loaders.get("test"), runtime, amp_dtype)
     if runtime.is_main:
         from jianmu.report.plots import plot_curves

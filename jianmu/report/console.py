@@ -317,3 +317,43 @@ def crossval_table(result) -> Table:
         f"{result.wall_seconds:.0f} s",
     )
     return table
+
+
+def eval_summary(result, out) -> Table:
+    table = Table(title=f"evaluation of {result.model} on {result.data} ({result.split})",
+                  show_header=True, title_justify="left")  # fmt: skip
+    table.add_column("figure")
+    table.add_column("images", justify="right")
+    if result.specimen_metrics:
+        table.add_column("specimens", justify="right")
+    specimen = result.specimen_metrics or {}
+    rows = [("top1", "top-1"), ("top3", "top-3"), ("top5", "top-5"),
+            ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1")]  # fmt: skip
+    for key, label in rows:
+        if key in result.metrics:
+            cells = [label, f"{result.metrics[key]:.4f}"]
+            if result.specimen_metrics:
+                cells.append(f"{specimen[key]:.4f}" if key in specimen else "")
+            table.add_row(*cells)
+    extra = [("genus_top1", "genus top-1"), ("family_top1", "family top-1")]
+    for key, label in extra:
+        if result.metrics.get(key) is not None:
+            table.add_row(label, f"{result.metrics[key]:.4f}")
+    table.add_row(
+        "ECE before -> after",
+        f"{result.metrics['ece_before']:.4f} -> {result.metrics['ece_after']:.4f} "
+        f"(T={result.metrics['temperature']:.3f})",
+    )
+    table.add_row("count", str(result.metrics["count"]))
+    if result.tta:
+        table.add_row("TTA gain (top-1)", f"{result.tta['gain']:+.4f}")
+    if result.open_set:
+        unknown = result.open_set
+        table.add_row("unknown rule", f"{unknown['rule']} >= {unknown['threshold']:.4g}")
+        table.add_row("known flagged unknown", f"{unknown['known_flagged_unknown']:.4f}")
+        if "unknown_rejection" in unknown:
+            table.add_row("unknown-species rejected", f"{unknown['unknown_rejection']:.4f}")
+    if result.unreadable:
+        table.add_row("[yellow]unreadable images[/]", str(len(result.unreadable)))
+    table.caption = f"report: {out}/report.html"
+    return table

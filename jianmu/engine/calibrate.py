@@ -1,0 +1,90 @@
+"""After training: temperature scaling and the unknown-species rule, fitted on held-out data and
+stored in the checkpoint so that every later use (eval, export, predict) shares them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jianmu import metrics
+from jianmu.config import EvalConfig
+from jianmu.engine.inference import DIHEDRAL_VIEWS, collect_outputs
+from jianmu.engine.openset import KNN_K, RULES, OpenSetScorer, fit_scorer
+from jianmu.models import Checkpoint, load_checkpoint, save_checkpoint
+
+MAX_KNN_BANK = 10_000  # training embeddings kept for the kNN rule (a seeded subset beyond this)
+
+
+def calibrate_checkpoint(
+    path: Path, items: dict[str, list], config: EvalConfig, seed: int = 0
+) -> dict[str, Any]:
+    """Fit the temperature on ``items["val"]`` and the open-set statistics on ``items["train"]``;
+    choose each rule's threshold for ``config.target_known_recall`` on validation images; rewrite
+    the checkpoint with them. Returns the calibration record stored in its metadata."""
+    checkpoint = load_checkpoint(path)
+    model = checkpoint.build_model()
+    views = DIHEDRAL_VIEWS if config.tta else 1
+    train = _subset(items["train"], MAX_KNN_BANK, seed)
+    train_outputs = collect_outputs(model, train, checkpoint.preprocessing, views=views)
+    val_outputs = collect_outputs(model, items["val"], checkpoint.preprocessing, views=views)
+    scorer = fit_scorer(train_outputs, val_outputs)
+    targets = val_outputs.targets
+    ece_before = metrics.expected_calibration_error(metrics.softmax(val_outputs.logits), targets)
+    calibrated = metrics.softmax(val_outputs.logits, scorer.temperature)
+    thresholds = {
+        rule: metrics.threshold_for_recall(
+            scorer.score(rule, val_outputs), config.target_known_recall
+        )
+        for rule in RULES
+    }
+    record = {
+        "calibration": {
+            "temperature": scorer.temperature,
+            "views": views,
+            "ece_val_before": ece_before,
+            "ece_val_after": metrics.expected_calibration_error(calibrated, targets),
+        },
+        "unknown": {
+            "rule": config.unknown_score,
+            "threshold": thresholds[config.unknown_score],
+            "target_known_recall": config.target_known_recall,
+            "thresholds": thresholds,
+            "knn_k": KNN_K,
+        },
+    }
+    save_checkpoint(path, checkpoint.state_dict, {**checkpoint.meta, **record}, _tensors(scorer))
+    return record
+
+
+def load_scorer(checkpoint: Checkpoint) -> OpenSetScorer | None:
+    """The scorer stored by :func:`calibrate_checkpoint`, or None for an uncalibrated checkpoint."""
+    if "calibration" not in checkpoint.meta:
+        return None
+    extras = checkpoint.extras
+    return OpenSetScorer(
+        float(checkpoint.meta["calibration"]["temperature"]),
+        metrics.MahalanobisModel(
+            extras["openset.means"].double().numpy(), extras["openset.precision"].double().numpy()
+        ),
+        metrics.KnnModel(extras["openset.knn"].numpy()),
+    )
+
+
+def _tensors(scorer: OpenSetScorer) -> dict[str, torch.Tensor]:
+    return {
+        "openset.means": torch.from_numpy(np.asarray(scorer.mahalanobis.means, dtype=np.float32)),
+        "openset.precision": torch.from_numpy(
+            np.asarray(scorer.mahalanobis.precision, dtype=np.float32)
+        ),
+        "openset.knn": torch.from_numpy(np.asarray(scorer.knn.embeddings, dtype=np.float32)),
+    }
+
+
+def _subset(items: list, limit: int, seed: int) -> list:
+    if len(items) <= limit:
+        return items
+    chosen = np.random.default_rng(seed).choice(len(items), limit, replace=False)
+    return [items[i] for i in sorted(chosen)]

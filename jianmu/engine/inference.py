@@ -1,0 +1,88 @@
+"""Running a model over a loader: logits and embeddings, with optional dihedral test-time views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from jianmu.engine.runtime import autocast
+
+# The 8 symmetries of a square: end-grain and seed photos have no "up", so each is a valid view.
+DIHEDRAL_VIEWS = 8
+
+
+@dataclass
+class Outputs:
+    logits: np.ndarray  # N x C float32
+    embeddings: np.ndarray  # N x D float32, the classifier's input (pre-logits)
+    targets: np.ndarray  # N int
+    ok: np.ndarray  # N bool: False for images that could not be read
+
+
+def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
+    """View ``view`` (0..7) of a batch: ``view % 4`` quarter turns, then a flip if ``view >= 4``."""
+    rotated = torch.rot90(images, view % 4, dims=(2, 3))
+    return rotated.flip(3) if view >= 4 else rotated
+
+
+@torch.no_grad()
+def predict_outputs(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    views: int = 1,
+) -> Outputs:
+    """Logits and embeddings for every item of ``loader`` in order, averaged over ``views``
+    dihedral views. Batches may carry a third element, the per-image ``ok`` flag."""
+    model.eval()
+    logits, embeddings, targets, oks = [], [], [], []
+    for batch in loader:
+        images, labels = batch[0], batch[1]
+        ok = batch[2] if len(batch) > 2 else torch.ones(len(labels), dtype=torch.bool)
+        images = images.to(device)
+        batch_logits, batch_embeddings = 0.0, 0.0
+        for view in range(views):
+            with autocast(device, amp_dtype):
+                features = model.forward_features(dihedral(images, view))
+                pre_logits = model.forward_head(features, pre_logits=True)
+                output = model.get_classifier()(pre_logits)
+            batch_logits = batch_logits + output.float()
+            batch_embeddings = batch_embeddings + pre_logits.float()
+        logits.append((batch_logits / views).cpu())
+        embeddings.append((batch_embeddings / views).cpu())
+        targets.append(labels)
+        oks.append(ok)
+    return Outputs(
+        torch.cat(logits).numpy(),
+        torch.cat(embeddings).flatten(1).numpy(),
+        torch.cat(targets).numpy(),
+        torch.cat(oks).numpy().astype(bool),
+    )
+
+
+def collect_outputs(
+    model: nn.Module,
+    items: list,
+    spec,
+    batch_size: int = 64,
+    views: int = 1,
+    cache: bool = False,
+) -> Outputs:
+    """Outputs of ``model`` on ``(path, label)`` items with the eval transform of ``spec``."""
+    import math
+
+    from jianmu.data.dataset import TolerantImageDataset
+    from jianmu.data.transforms import build_spec_transform
+
+    decode_size = math.ceil(spec.input_size / spec.crop_pct)
+    dataset = TolerantImageDataset(items, build_spec_transform(spec), decode_size, cache=cache)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    device = next(model.parameters()).device
+    from jianmu.engine.runtime import resolve_amp_dtype
+
+    return predict_outputs(model, loader, device, resolve_amp_dtype("auto", device), views)

@@ -1,0 +1,128 @@
+"""Calibration stored after training, `jianmu eval` and the open-set protocol, on tiny data."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from jianmu.cli import app
+from jianmu.config import EvalConfig, load_config
+from jianmu.data.synth import generate_dataset
+from jianmu.engine.calibrate import load_scorer
+from jianmu.engine.evaluate import evaluate
+from jianmu.engine.inference import collect_outputs
+from jianmu.engine.openset import RULES, run_open_set
+from jianmu.engine.train import train
+from jianmu.models import load_checkpoint
+
+
+def tiny_config(root, out, *overrides):
+    return load_config(
+        overrides=[
+            f"data.root={root}",
+            f"out={out}",
+            "model.name=test_resnet",
+            "model.img_size=32",
+            "train.epochs=3",
+            "train.batch_size=8",
+            "train.workers=0",
+            "train.lr=0.01",
+            "data.min_images_per_class=2",
+            *overrides,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    generate_dataset(base / "data", "wood", classes=3, per_class=16, size=48, seed=2)
+    result = train(tiny_config(base / "data", base / "run"))
+    return base, result
+
+
+def test_training_stores_calibration_and_unknown_rule(trained):
+    base, result = trained
+    checkpoint = load_checkpoint(result.run_dir)
+    calibration, unknown = checkpoint.meta["calibration"], checkpoint.meta["unknown"]
+    assert calibration["temperature"] > 0 and calibration["views"] == 1
+    assert set(unknown["thresholds"]) == set(RULES) and unknown["rule"] == "msp"
+    assert {"openset.means", "openset.precision", "openset.knn"} <= set(checkpoint.extras)
+    scorer = load_scorer(checkpoint)
+    index = {name: i for i, name in enumerate(checkpoint.classes)}
+    with open(result.run_dir / "manifest.csv", newline="") as stream:
+        val = [
+            (base / "data" / row["path"], index[row["class"]])
+            for row in csv.DictReader(stream)
+            if row["split"] == "val"
+        ]
+    outputs = collect_outputs(checkpoint.build_model(), val, checkpoint.preprocessing)
+    for rule in RULES:  # each threshold keeps the target share of known validation images
+        scores = scorer.score(rule, outputs)
+        assert np.mean(scores >= unknown["thresholds"][rule]) >= unknown["target_known_recall"]
+
+
+def test_eval_writes_the_report_and_survives_bad_and_unknown_images(trained, tmp_path):
+    base, result = trained
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    first_class = result.classes[0]
+    bad = data / first_class / "s01" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    stranger = tmp_path / "stranger"
+    names = ["Tectona_grandis"]
+    generate_dataset(stranger, "wood", classes=1, per_class=6, size=48, seed=9, class_names=names)
+    shutil.copytree(stranger / "Tectona_grandis", data / "Tectona_grandis")
+    out = tmp_path / "report"
+    evaluation = evaluate(result.run_dir, data, out, EvalConfig(tta=True))
+
+    names = {p.name for p in out.iterdir()}
+    assert {"metrics.json", "report.md", "report.html", "per_class.csv", "confusion.png"} <= names
+    assert {"confusion.csv", "reliability.png", "misclassified.csv"} <= names
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["count"] == 48 and evaluation.metrics["count"] == 48
+    wrong = len(evaluation.misclassified)
+    assert saved["top1"] == pytest.approx(1 - wrong / 48)
+    assert [path for path, _ in evaluation.unreadable] == [str(bad)]
+    assert "broken.jpg" in (out / "report.md").read_text()
+    assert evaluation.specimen_metrics is not None  # photos grouped by specimen folders
+    assert evaluation.tta["views"] == 8
+    assert evaluation.open_set["unknown_count"] == 6  # Tectona is not in the model
+    assert 0.0 <= evaluation.open_set["unknown_rejection"] <= 1.0
+    assert evaluation.metrics["ece_before"] >= 0 and evaluation.metrics["temperature"] > 0
+
+
+def test_cli_eval(trained, tmp_path):
+    base, result = trained
+    runner = CliRunner()
+    manifest = result.run_dir / "manifest.csv"
+    args = ["eval", str(result.run_dir), "--data", str(base / "data"), "--out", str(tmp_path / "e")]
+    done = runner.invoke(app, [*args, "--manifest", str(manifest), "--split", "test"])
+    assert done.exit_code == 0, done.output
+    assert "top-1" in done.output and "report.html" in done.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["split"] == "test"
+    missing = runner.invoke(app, ["eval", str(result.run_dir)])
+    assert missing.exit_code == 2 and "--data" in missing.output
+
+
+def test_open_set_protocol_table_and_reuse(tmp_path):
+    generate_dataset(tmp_path / "data", "wood", classes=3, per_class=12, size=48, seed=4)
+    config = tiny_config(tmp_path / "data", tmp_path / "os", "train.epochs=1")
+    result = run_open_set(config)
+    assert len(result.rows) == 3 * len(RULES)
+    assert result.best_rule in RULES
+    for row in result.rows:
+        assert 0 <= row["auroc"] <= 1 and row["unknown_count"] > 0
+        assert row["balanced_recall"] == pytest.approx(
+            (row["known_recall"] + row["unknown_rejection"]) / 2
+        )
+    saved = json.loads((tmp_path / "os" / "openset.json").read_text())
+    assert saved["best_rule"] == result.best_rule
+    checkpoint = tmp_path / "os" / f"without-{result.rows[0]['held_out']}" / "best.safetensors"
+    stamp = checkpoint.stat().st_mtime
+    again = run_open_set(config)  # trained folds are reused, not trained again
+    assert again.rows == result.rows
+    assert checkpoint.stat().st_mtime == stamp
