@@ -362,12 +362,13 @@ def eval_command(
     if data is None:
         raise JianmuError("give --data ROOT (the images to evaluate on)")
     if open_set is not None:
+        from jianmu.engine.inference import DIHEDRAL_VIEWS
         from jianmu.engine.openset import open_set_markdown, run_open_set
         from jianmu.report.console import TrainProgress
 
         config = load_config(open_set, overrides or [], data__root=data, out=out)
         with TrainProgress(console, quiet=True) as progress:
-            result = run_open_set(config, reporter=progress)
+            result = run_open_set(config, reporter=progress, views=(1, DIHEDRAL_VIEWS))
         text = open_set_markdown(result)
         (out / "openset.md").write_text(text, encoding="utf-8")
         console.print(text)
@@ -375,7 +376,14 @@ def eval_command(
         return
     if model is None:
         raise JianmuError("give a MODEL (run folder or checkpoint), or --open-set CONFIG")
-    config = load_config(config_path, overrides or [], eval__tta=tta)
+    from jianmu.models import load_checkpoint
+
+    # The model's own settings (TTA, specimen roll-up) unless --config, --set or --tta differ.
+    stored = load_checkpoint(model).meta.get("config", {})
+    base = {key: stored[key] for key in ("eval", "data") if key in stored}
+    base.get("data", {}).pop("root", None)
+    base.get("data", {}).pop("manifest", None)
+    config = load_config(config_path, overrides or [], base=base, eval__tta=tta)
     from jianmu.engine.evaluate import evaluate
     from jianmu.report.console import eval_summary
 

@@ -49,7 +49,7 @@ def test_training_stores_calibration_and_unknown_rule(trained):
     checkpoint = load_checkpoint(result.run_dir)
     calibration, unknown = checkpoint.meta["calibration"], checkpoint.meta["unknown"]
     assert calibration["temperature"] > 0 and calibration["views"] == 1
-    assert set(unknown["thresholds"]) == set(RULES) and unknown["rule"] == "msp"
+    assert set(unknown["thresholds"]) == set(RULES) and unknown["rule"] == "mahalanobis"
     assert {"openset.means", "openset.precision", "openset.knn"} <= set(checkpoint.extras)
     scorer = load_scorer(checkpoint)
     index = {name: i for i, name in enumerate(checkpoint.classes)}
@@ -126,3 +126,20 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
     again = run_open_set(config)  # trained folds are reused, not trained again
     assert again.rows == result.rows
     assert checkpoint.stat().st_mtime == stamp
+
+
+def test_cli_eval_follows_the_models_own_tta_setting(tmp_path):
+    generate_dataset(tmp_path / "data", "wood", classes=3, per_class=12, size=48, seed=5)
+    run = train(tiny_config(tmp_path / "data", tmp_path / "run", "eval.tta=true", "train.epochs=1"))
+    assert load_checkpoint(run.run_dir).meta["calibration"]["views"] == 8
+    runner = CliRunner()
+    args = ["eval", str(run.run_dir), "--data", str(tmp_path / "data")]
+    done = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert report["tta"]["views"] == 8 and report["open_set"]["views"] == 8
+    plain = runner.invoke(app, [*args, "--no-tta", "--out", str(tmp_path / "b")])
+    assert plain.exit_code == 0, plain.output
+    report = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert report["tta"] is None
+    assert report["open_set"]["views"] == 8  # the unknown rule still scores as calibrated

@@ -134,12 +134,18 @@ def evaluate(
         tta=tta,
     )
     if scorer is not None:
+        # The unknown rule's statistics were fitted on embeddings of a set number of views:
+        # score with the same number, whatever this evaluation's TTA setting.
+        rule_views = int(checkpoint.meta["calibration"].get("views", 1))
+        views = DIHEDRAL_VIEWS if config.tta else 1
+        rule_outputs = outputs if rule_views == views else collect_outputs(
+            model, [(p, i) for p, i, _ in known], spec, config.batch_size, rule_views
+        )  # fmt: skip
         unknown_outputs = None
         if unknown:
-            views = DIHEDRAL_VIEWS if config.tta else 1
             items = [(p, -1) for p, _, _ in unknown]
-            unknown_outputs = collect_outputs(model, items, spec, config.batch_size, views)
-        result.open_set = _unknown_rule(checkpoint, scorer, outputs, ok, unknown_outputs)
+            unknown_outputs = collect_outputs(model, items, spec, config.batch_size, rule_views)
+        result.open_set = _unknown_rule(checkpoint, scorer, rule_outputs, unknown_outputs)
     write_eval_report(result, Path(out))
     return result
 
@@ -217,14 +223,15 @@ def _specimen_metrics(known, probabilities, targets, classes, config) -> dict[st
     return report
 
 
-def _unknown_rule(checkpoint, scorer, outputs, ok, unknown_outputs) -> dict[str, Any]:
+def _unknown_rule(checkpoint, scorer, outputs, unknown_outputs) -> dict[str, Any]:
     rule = checkpoint.meta["unknown"]["rule"]
     threshold = float(checkpoint.meta["unknown"]["threshold"])
-    known_scores = scorer.score(rule, _subset(outputs, ok))
+    known_scores = scorer.score(rule, _subset(outputs, outputs.ok))
     record = {
         "rule": rule,
         "threshold": threshold,
         "target_known_recall": checkpoint.meta["unknown"]["target_known_recall"],
+        "views": int(checkpoint.meta["calibration"].get("views", 1)),
         "known_images": len(known_scores),
         "known_flagged_unknown": float(np.mean(known_scores < threshold)),
     }
