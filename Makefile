@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job on a generated (synthetic, clearly labelled) sample:
-# data -> audit -> split -> augmentation preview -> train.
+# data -> audit -> split -> augmentation preview -> train -> evaluate.
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/jianmu data synth $(DEMO)/data --domain wood --classes 5 --per-class 40 --specimens 8 --seed 0
@@ -25,7 +25,9 @@ demo: install
 	$(BIN)/jianmu data preview configs/wood.yaml $(DEMO)/data --out $(DEMO)/preview.png
 	$(BIN)/jianmu train configs/demo.yaml --data $(DEMO)/data --manifest $(DEMO)/manifest.csv \
 		--out $(DEMO)/run --quiet
-	@echo "demo outputs in $(DEMO)/: audit.json manifest.csv preview.png run/"
+	$(BIN)/jianmu eval $(DEMO)/run --data $(DEMO)/data --manifest $(DEMO)/manifest.csv --split test \
+		--out $(DEMO)/eval
+	@echo "demo outputs in $(DEMO)/: audit.json manifest.csv preview.png run/ eval/report.html"
 
 test: install
 	$(BIN)/pytest -q
