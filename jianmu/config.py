@@ -125,9 +125,11 @@ class EvalConfig(_Strict):
     tta: bool = False
     specimen_aggregation: Literal["mean", "vote", "max"] = "mean"
     calibrate: bool = True
-    # Mahalanobis distance on the embedding won the leave-species-out comparison on wood-swfu5
-    # (datasets/wood-swfu5.md); max-softmax and energy trail far behind.
-    unknown_score: Literal["msp", "energy", "mahalanobis", "knn"] = "mahalanobis"
+    # Relative Mahalanobis distance on the embedding won the leave-species-out comparison on
+    # wood-swfu5 (datasets/wood-swfu5.md); max-softmax and energy trail far behind.
+    unknown_score: Literal["msp", "energy", "mahalanobis", "relative_mahalanobis", "knn"] = (
+        "relative_mahalanobis"
+    )
     target_known_recall: float = Field(default=0.95, gt=0.0, le=1.0)
 
 

@@ -49,8 +49,8 @@ def test_training_stores_calibration_and_unknown_rule(trained):
     checkpoint = load_checkpoint(result.run_dir)
     calibration, unknown = checkpoint.meta["calibration"], checkpoint.meta["unknown"]
     assert calibration["temperature"] > 0 and calibration["views"] == 1
-    assert set(unknown["thresholds"]) == set(RULES) and unknown["rule"] == "mahalanobis"
-    assert {"openset.means", "openset.precision", "openset.knn"} <= set(checkpoint.extras)
+    assert set(unknown["thresholds"]) == set(RULES) and unknown["rule"] == "relative_mahalanobis"
+    assert {"openset.means", "openset.background_mean", "openset.knn"} <= set(checkpoint.extras)
     scorer = load_scorer(checkpoint)
     index = {name: i for i, name in enumerate(checkpoint.classes)}
     with open(result.run_dir / "manifest.csv", newline="") as stream:

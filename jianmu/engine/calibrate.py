@@ -30,7 +30,9 @@ def calibrate_checkpoint(
     train = _subset(items["train"], MAX_KNN_BANK, seed)
     train_outputs = collect_outputs(model, train, checkpoint.preprocessing, views=views)
     val_outputs = collect_outputs(model, items["val"], checkpoint.preprocessing, views=views)
-    scorer = fit_scorer(train_outputs, val_outputs)
+    fitted = fit_scorer(train_outputs, val_outputs)
+    tensors = _tensors(fitted)
+    scorer = _scorer_from(tensors, fitted.temperature)  # as stored (float32): thresholds match
     targets = val_outputs.targets
     ece_before = metrics.expected_calibration_error(metrics.softmax(val_outputs.logits), targets)
     calibrated = metrics.softmax(val_outputs.logits, scorer.temperature)
@@ -55,32 +57,42 @@ def calibrate_checkpoint(
             "knn_k": KNN_K,
         },
     }
-    save_checkpoint(path, checkpoint.state_dict, {**checkpoint.meta, **record}, _tensors(scorer))
+    save_checkpoint(path, checkpoint.state_dict, {**checkpoint.meta, **record}, tensors)
     return record
 
 
 def load_scorer(checkpoint: Checkpoint) -> OpenSetScorer | None:
     """The scorer stored by :func:`calibrate_checkpoint`, or None for an uncalibrated checkpoint."""
-    if "calibration" not in checkpoint.meta:
-        return None
-    extras = checkpoint.extras
+    needed = {"openset.means", "openset.background_mean", "openset.knn"}
+    if "calibration" not in checkpoint.meta or not needed <= set(checkpoint.extras):
+        return None  # not calibrated, or by an older jianmu without these statistics
+    return _scorer_from(checkpoint.extras, float(checkpoint.meta["calibration"]["temperature"]))
+
+
+def _scorer_from(extras: dict[str, torch.Tensor], temperature: float) -> OpenSetScorer:
     return OpenSetScorer(
-        float(checkpoint.meta["calibration"]["temperature"]),
-        metrics.MahalanobisModel(
-            extras["openset.means"].double().numpy(), extras["openset.precision"].double().numpy()
-        ),
+        temperature,
+        _gaussians(extras, "openset.means", "openset.precision"),
+        _gaussians(extras, "openset.background_mean", "openset.background_precision"),
         metrics.KnnModel(extras["openset.knn"].numpy()),
     )
 
 
+def _gaussians(extras: dict[str, torch.Tensor], means: str, precision: str):
+    return metrics.MahalanobisModel(
+        extras[means].double().numpy(), extras[precision].double().numpy()
+    )
+
+
 def _tensors(scorer: OpenSetScorer) -> dict[str, torch.Tensor]:
-    return {
-        "openset.means": torch.from_numpy(np.asarray(scorer.mahalanobis.means, dtype=np.float32)),
-        "openset.precision": torch.from_numpy(
-            np.asarray(scorer.mahalanobis.precision, dtype=np.float32)
-        ),
-        "openset.knn": torch.from_numpy(np.asarray(scorer.knn.embeddings, dtype=np.float32)),
+    arrays = {
+        "openset.means": scorer.mahalanobis.means,
+        "openset.precision": scorer.mahalanobis.precision,
+        "openset.background_mean": scorer.background.means,
+        "openset.background_precision": scorer.background.precision,
+        "openset.knn": scorer.knn.embeddings,
     }
+    return {name: torch.from_numpy(np.asarray(a, dtype=np.float32)) for name, a in arrays.items()}
 
 
 def _subset(items: list, limit: int, seed: int) -> list:
