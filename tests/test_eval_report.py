@@ -141,6 +141,7 @@ def test_writes_every_file(written):
         "confusion.png",
         "reliability.png",
         "misclassified.csv",
+        "predictions.csv",
         "report.md",
         "report.html",
     }

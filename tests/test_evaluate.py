@@ -92,6 +92,13 @@ def test_eval_writes_the_report_and_survives_bad_and_unknown_images(trained, tmp
     assert evaluation.tta["views"] == 8
     assert evaluation.open_set["unknown_count"] == 6  # Tectona is not in the model
     assert 0.0 <= evaluation.open_set["unknown_rejection"] <= 1.0
+    with open(out / "predictions.csv", newline="") as stream:
+        predictions = list(csv.DictReader(stream))
+    assert len(predictions) == 48 and str(bad) not in {row["path"] for row in predictions}
+    flagged = [row for row in predictions if row["verdict"] == "unknown - refer to lab"]
+    threshold = evaluation.open_set["threshold"]
+    assert all(float(row["unknown_score"]) < threshold for row in flagged)
+    assert len(flagged) == round(evaluation.open_set["known_flagged_unknown"] * 48)
     assert evaluation.metrics["ece_before"] >= 0 and evaluation.metrics["temperature"] > 0
 
 

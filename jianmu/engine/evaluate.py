@@ -61,6 +61,9 @@ class EvalResult:
     """The bundle's unknown rule on this data: score, threshold, fraction flagged unknown."""
     open_set_table: list[dict[str, Any]] | None = None
     """Leave-species-out protocol: one row per held-out species and scoring rule."""
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    """One row per readable image: path, true class, top-1 and its probability, the unknown-rule
+    score and the verdict ("identified" or "unknown - refer to lab")."""
 
 
 def evaluate(
@@ -146,6 +149,12 @@ def evaluate(
             items = [(p, -1) for p, _, _ in unknown]
             unknown_outputs = collect_outputs(model, items, spec, config.batch_size, rule_views)
         result.open_set = _unknown_rule(checkpoint, scorer, rule_outputs, unknown_outputs)
+        scores = scorer.score(result.open_set["rule"], _subset(rule_outputs, rule_outputs.ok))
+    else:
+        scores = np.full(len(known), np.nan)
+    result.predictions = _predictions(
+        known, probabilities, classes, scores, result.open_set and result.open_set["threshold"]
+    )
     write_eval_report(result, Path(out))
     return result
 
@@ -239,6 +248,22 @@ def _unknown_rule(checkpoint, scorer, outputs, unknown_outputs) -> dict[str, Any
         unknown_scores = scorer.score(rule, _subset(unknown_outputs, unknown_outputs.ok))
         record |= metrics.open_set_report(known_scores, unknown_scores, threshold)
     return record
+
+
+UNKNOWN_VERDICT = "unknown - refer to lab"
+
+
+def _predictions(known, probabilities, classes, scores, threshold) -> list[dict[str, Any]]:
+    rows = []
+    for (path, target, _), row, score in zip(known, probabilities, scores, strict=True):
+        best = int(row.argmax())
+        unknown = threshold is not None and score < threshold
+        rows.append({
+            "path": str(path), "true_class": classes[target], "predicted": classes[best],
+            "probability": float(row[best]), "unknown_score": float(score),
+            "verdict": UNKNOWN_VERDICT if unknown else "identified",
+        })  # fmt: skip
+    return rows
 
 
 def _subset(outputs: Outputs, keep: np.ndarray) -> Outputs:

@@ -45,7 +45,7 @@ HEADLINE_ROWS = (
 
 def write_eval_report(result: EvalResult, out: str | Path) -> dict[str, Path]:
     """Write metrics.json, per_class.csv, confusion.csv/.png, reliability.png, misclassified.csv,
-    report.md and report.html into ``out`` (created if needed).
+    predictions.csv (every image with its verdict), report.md and report.html into ``out``.
 
     Returns:
         File name -> path of every file written.
@@ -57,6 +57,7 @@ def write_eval_report(result: EvalResult, out: str | Path) -> dict[str, Path]:
         "per_class.csv": _write_per_class_csv(result, out / "per_class.csv"),
         "confusion.csv": _write_confusion_csv(result, out / "confusion.csv"),
         "misclassified.csv": _write_misclassified_csv(result, out / "misclassified.csv"),
+        "predictions.csv": _write_predictions_csv(result, out / "predictions.csv"),
         "confusion.png": _plot_confusion(result, out / "confusion.png"),
         "reliability.png": _plot_reliability(result, out / "reliability.png"),
     }
@@ -152,6 +153,16 @@ def _write_misclassified_csv(result: EvalResult, path: Path) -> Path:
             name, probability = item.top3[rank] if rank < len(item.top3) else ("", "")
             row += [name, f"{probability:.4f}" if probability != "" else ""]
         rows.append(row)
+    return _write_csv(path, header, rows)
+
+
+def _write_predictions_csv(result: EvalResult, path: Path) -> Path:
+    header = ["path", "true_class", "predicted", "probability", "unknown_score", "verdict"]
+    rows = [
+        [row["path"], row["true_class"], row["predicted"], f"{row['probability']:.4f}",
+         "" if math.isnan(row["unknown_score"]) else f"{row['unknown_score']:.4f}", row["verdict"]]
+        for row in result.predictions
+    ]  # fmt: skip
     return _write_csv(path, header, rows)
 
 
@@ -558,7 +569,7 @@ def _write_markdown(result: EvalResult, sections: list[_Section], path: Path) ->
         parts.append(f"## {section.title}")
         parts += [_markdown_block(block) for block in section.blocks]
     parts.append(
-        "Files: metrics.json, per_class.csv, confusion.csv, misclassified.csv, "
+        "Files: metrics.json, per_class.csv, confusion.csv, misclassified.csv, predictions.csv, "
         "[confusion.png](confusion.png), [reliability.png](reliability.png)."
     )
     path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
