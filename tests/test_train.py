@@ -311,3 +311,8 @@ def test_ddp_two_gloo_processes(toy_data, tmp_path):
     assert ddp_checkpoint.meta.keys() == single_checkpoint.meta.keys()
     assert ddp_checkpoint.state_dict.keys() == single_checkpoint.state_dict.keys()
     assert ddp_checkpoint.classes == single_checkpoint.classes
+
+
+def test_resume_of_a_folder_without_a_run_is_refused(tmp_path):
+    with pytest.raises(JianmuError, match="nothing to resume"):
+        train(toy_config(tmp_path, tmp_path / "run"), resume=tmp_path)

@@ -120,6 +120,8 @@ def train(
     reporter = reporter or SilentReporter()
     runtime = init_runtime()
     if resume is not None:
+        if not (Path(resume) / "last.state.pt").is_file():
+            raise JianmuError(f"{resume}: nothing to resume (no last.state.pt from a jianmu run)")
         config = load_config(Path(resume) / "config.yaml")
     use_deterministic(config.train.deterministic)
     seed_everything(config.seed)
@@ -337,10 +339,7 @@ def build_loss(config: TrainConfig, splits: DataSplits, device: torch.device):
 
 def _prepare_run_dir(config: Config, resume: str | Path | None, runtime: Runtime) -> Path:
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "last.state.pt").is_file():
-            raise JianmuError(f"{run_dir}: nothing to resume (no last.state.pt)")
-        return run_dir
+        return Path(resume)
     run_dir = (
         Path(config.out) if config.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     )
