@@ -376,10 +376,10 @@ def eval_command(
         return
     if model is None:
         raise JianmuError("give a MODEL (run folder or checkpoint), or --open-set CONFIG")
-    from jianmu.models import load_checkpoint
+    from jianmu.models import read_checkpoint_meta
 
     # The model's own settings (TTA, specimen roll-up) unless --config, --set or --tta differ.
-    stored = load_checkpoint(model).meta.get("config", {})
+    stored = read_checkpoint_meta(model).get("config", {})
     base = {key: stored[key] for key in ("eval", "data") if key in stored}
     base.get("data", {}).pop("root", None)
     base.get("data", {}).pop("manifest", None)

@@ -19,7 +19,7 @@ from typing import Any
 
 import timm
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -181,7 +181,7 @@ def save_checkpoint(
 
     ``extras`` are stored under ``_EXTRA_PREFIX`` and come back in :attr:`Checkpoint.extras`.
     """
-    weights = model if isinstance(model, dict) else _unwrap(model).state_dict()
+    weights = model if isinstance(model, dict) else unwrap_model(model).state_dict()
     state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     for name, tensor in (extras or {}).items():
         state[_EXTRA_PREFIX + name] = tensor.detach().cpu().contiguous()
@@ -192,19 +192,25 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a jianmu checkpoint (a run folder means its ``best.safetensors``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.safetensors"
-    if not path.is_file():
-        raise JianmuError(f"checkpoint not found: {path}")
-    if path.suffix != ".safetensors":
-        raise JianmuError(f"{path}: jianmu checkpoints are .safetensors files")
+    path = _checkpoint_file(path)
+    meta = read_checkpoint_meta(path)
     try:
-        from safetensors import safe_open
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise JianmuError(f"{path}: not a readable checkpoint ({error})") from None
+    extras = {
+        k.removeprefix(_EXTRA_PREFIX): v for k, v in state.items() if k.startswith(_EXTRA_PREFIX)
+    }
+    weights = {k: v for k, v in state.items() if not k.startswith(_EXTRA_PREFIX)}
+    return Checkpoint(weights, meta, extras)
 
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint from its header alone, without reading the weights."""
+    path = _checkpoint_file(path)
+    try:
         with safe_open(str(path), framework="pt") as reader:
             metadata = reader.metadata() or {}
-        state = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise JianmuError(f"{path}: not a readable checkpoint ({error})") from None
     if _META_KEY not in metadata:
@@ -213,14 +219,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for key in ("model_name", "classes", "preprocessing"):
         if key not in meta:
             raise JianmuError(f"{path}: checkpoint metadata lacks {key!r}")
-    extras = {
-        k.removeprefix(_EXTRA_PREFIX): v for k, v in state.items() if k.startswith(_EXTRA_PREFIX)
-    }
-    weights = {k: v for k, v in state.items() if not k.startswith(_EXTRA_PREFIX)}
-    return Checkpoint(weights, meta, extras)
+    return meta
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def _checkpoint_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if not path.is_file():
+        raise JianmuError(f"checkpoint not found: {path}")
+    if path.suffix != ".safetensors":
+        raise JianmuError(f"{path}: jianmu checkpoints are .safetensors files")
+    return path
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module inside DDP / torch.compile wrappers."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from jianmu.engine.runtime import autocast
+from jianmu.data.dataset import TolerantImageDataset
+from jianmu.data.spec import TransformSpec
+from jianmu.data.transforms import build_spec_transform
+from jianmu.engine.runtime import autocast, resolve_amp_dtype
 
 # The 8 symmetries of a square: end-grain and seed photos have no "up", so each is a valid view.
 DIHEDRAL_VIEWS = 8
@@ -68,21 +72,14 @@ def predict_outputs(
 def collect_outputs(
     model: nn.Module,
     items: list,
-    spec,
+    spec: TransformSpec,
     batch_size: int = 64,
     views: int = 1,
     cache: bool = False,
 ) -> Outputs:
     """Outputs of ``model`` on ``(path, label)`` items with the eval transform of ``spec``."""
-    import math
-
-    from jianmu.data.dataset import TolerantImageDataset
-    from jianmu.data.transforms import build_spec_transform
-
     decode_size = math.ceil(spec.input_size / spec.crop_pct)
     dataset = TolerantImageDataset(items, build_spec_transform(spec), decode_size, cache=cache)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
     device = next(model.parameters()).device
-    from jianmu.engine.runtime import resolve_amp_dtype
-
     return predict_outputs(model, loader, device, resolve_amp_dtype("auto", device), views)

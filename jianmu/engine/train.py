@@ -48,6 +48,7 @@ from jianmu.models import (
     build_model,
     resolve_preprocessing,
     save_checkpoint,
+    unwrap_model,
 )
 
 MONITOR_MODE = {"val_top1": max, "val_macro_f1": max, "val_loss": min}
@@ -109,7 +110,7 @@ class Stepper:
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.num_updates)
         if self.ema is not None:
-            self.ema.update(_unwrap(model), step=self.num_updates)
+            self.ema.update(unwrap_model(model), step=self.num_updates)
 
 
 def train(
@@ -500,10 +501,6 @@ def _wrap_ddp(model: nn.Module, runtime: Runtime) -> nn.Module:
 def _barrier(runtime: Runtime) -> None:
     if runtime.distributed:
         torch.distributed.barrier()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
