@@ -9,12 +9,11 @@ small dataclasses with a ``to_dict()``, ready for JSON.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, logsumexp
+from scipy.special import log_softmax
 from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
@@ -24,10 +23,17 @@ from sklearn.metrics import (
 )
 
 from jianmu.errors import JianmuError
-
-# Largest query x bank similarity block score_knn holds at once (4M float64 = 32 MiB).
-_CHUNK_ELEMENTS = 1 << 22
-
+from jianmu.scoring import (  # noqa: F401 - re-exported: metrics is the one place to look
+    KnnModel,
+    MahalanobisModel,
+    _l2_normalize,
+    _matrix,
+    score_energy,
+    score_knn,
+    score_mahalanobis,
+    score_msp,
+    softmax,
+)
 
 # --- accuracy and per-class scores ---------------------------------------------------------------
 
@@ -48,15 +54,6 @@ def macro_f1(predictions: np.ndarray, targets: np.ndarray) -> float:
     if len(targets) == 0:
         return float("nan")
     return float(f1_score(targets, predictions, average="macro", zero_division=0))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Softmax over the last axis of ``logits / temperature``, computed in float64."""
-    if temperature <= 0:
-        raise JianmuError(f"temperature must be positive, got {temperature}")
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def classification_report(
@@ -319,47 +316,6 @@ def aggregate_by_group(
 # --- open set: higher score = more likely a known species ----------------------------------------
 
 
-@dataclass(eq=False)
-class MahalanobisModel:
-    """Class means (K x D) and the shared precision matrix (D x D) of training features."""
-
-    means: np.ndarray
-    precision: np.ndarray
-
-    def to_dict(self) -> dict[str, list]:
-        return {"means": self.means.tolist(), "precision": self.precision.tolist()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, list]) -> MahalanobisModel:
-        return cls(np.asarray(data["means"]), np.asarray(data["precision"]))
-
-
-@dataclass(eq=False)
-class KnnModel:
-    """L2-normalised training embeddings (M x D)."""
-
-    embeddings: np.ndarray
-
-    def to_dict(self) -> dict[str, list]:
-        return {"embeddings": self.embeddings.tolist()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, list]) -> KnnModel:
-        return cls(np.asarray(data["embeddings"]))
-
-
-def score_msp(logits: np.ndarray) -> np.ndarray:
-    """Maximum softmax probability of each row."""
-    return softmax(_matrix(logits, "logits")).max(axis=1)
-
-
-def score_energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Negative energy, ``T * logsumexp(logits / T)`` per row (Liu et al., 2020)."""
-    if temperature <= 0:
-        raise JianmuError(f"temperature must be positive, got {temperature}")
-    return temperature * logsumexp(_matrix(logits, "logits") / temperature, axis=1)
-
-
 def fit_mahalanobis(
     features: np.ndarray, targets: np.ndarray, ridge: float = 1e-3
 ) -> MahalanobisModel:
@@ -385,47 +341,12 @@ def fit_mahalanobis(
     return MahalanobisModel(means, np.linalg.pinv(covariance, hermitian=True))
 
 
-def score_mahalanobis(model: MahalanobisModel, features: np.ndarray) -> np.ndarray:
-    """Negative Mahalanobis distance of each row to the nearest class mean."""
-    features = _matrix(features, "features")
-    if features.shape[1] != model.means.shape[1]:
-        raise JianmuError(f"features have {features.shape[1]} dims, model {model.means.shape[1]}")
-    projected = features @ model.precision
-    squared = (
-        (projected * features).sum(axis=1)[:, None]
-        - 2 * projected @ model.means.T
-        + ((model.means @ model.precision) * model.means).sum(axis=1)[None, :]
-    )
-    return -np.sqrt(np.clip(squared.min(axis=1), 0, None))
-
-
 def fit_knn(features: np.ndarray) -> KnnModel:
     """Keep the L2-normalised training embeddings (float32 stays float32)."""
     features = _matrix(features, "features", keep_float32=True)
     if len(features) == 0:
         raise JianmuError("no features to fit on")
     return KnnModel(_l2_normalize(features))
-
-
-def score_knn(model: KnnModel, features: np.ndarray, k: int = 5) -> np.ndarray:
-    """Negative Euclidean distance to the k-th nearest training embedding, both L2-normalised.
-
-    Scoring the training features themselves counts each one as its own nearest neighbour.
-    """
-    bank = model.embeddings
-    if not 1 <= k <= len(bank):
-        raise JianmuError(f"k must be between 1 and {len(bank)} training embeddings, got {k}")
-    queries = _l2_normalize(_matrix(features, "features", keep_float32=True))
-    if queries.shape[1] != bank.shape[1]:
-        raise JianmuError(f"features have {queries.shape[1]} dims, model {bank.shape[1]}")
-    step = max(1, _CHUNK_ELEMENTS // len(bank))
-    scores = np.empty(len(queries), dtype=np.float64)
-    for start in range(0, len(queries), step):
-        similarity = queries[start : start + step] @ bank.T
-        kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
-        # |a - b|^2 = 2 - 2 a.b for unit vectors
-        scores[start : start + step] = -np.sqrt(np.clip(2 - 2 * kth, 0, None))
-    return scores
 
 
 def auroc_known_vs_unknown(scores_known: np.ndarray, scores_unknown: np.ndarray) -> float:
@@ -474,18 +395,6 @@ def open_set_report(
 # --- input checks ---------------------------------------------------------------------------------
 
 
-def _matrix(values: np.ndarray, what: str, keep_float32: bool = False) -> np.ndarray:
-    """A finite 2-D float array (float64 unless float32 is given and kept)."""
-    array = np.asarray(values)
-    dtype = np.float32 if keep_float32 and array.dtype == np.float32 else np.float64
-    array = array.astype(dtype, copy=False)
-    if array.ndim != 2:
-        raise JianmuError(f"expected {what} as an N x C array, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise JianmuError(f"{what} contain NaN or infinite values")
-    return array
-
-
 def _vector(values: np.ndarray, what: str) -> np.ndarray:
     """A finite, non-empty 1-D float array."""
     array = np.asarray(values, dtype=np.float64)
@@ -494,12 +403,6 @@ def _vector(values: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise JianmuError(f"{what} contain NaN or infinite values")
     return array
-
-
-def _l2_normalize(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; all-zero rows stay zero."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.maximum(norms, np.finfo(rows.dtype).tiny)
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:

@@ -233,6 +233,20 @@ def _checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+class OutputsModule(nn.Module):
+    """A timm classifier that returns ``(logits, embeddings)``, what every exported bundle outputs;
+    the embeddings (the classifier's input) feed the unknown-species rules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(images)
+        embeddings = self.model.forward_head(features, pre_logits=True)
+        return self.model.get_classifier()(embeddings), embeddings.flatten(1)
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module inside DDP / torch.compile wrappers."""
     model = getattr(model, "module", model)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from jianmu.bundle import load_model
 from jianmu.cli import app
 from jianmu.config import EvalConfig, load_config
 from jianmu.data.synth import generate_dataset
-from jianmu.engine.calibrate import load_scorer
 from jianmu.engine.evaluate import evaluate
 from jianmu.engine.inference import collect_outputs
 from jianmu.engine.openset import RULES, run_open_set
@@ -51,7 +51,7 @@ def test_training_stores_calibration_and_unknown_rule(trained):
     assert calibration["temperature"] > 0 and calibration["views"] == 1
     assert set(unknown["thresholds"]) == set(RULES) and unknown["rule"] == "relative_mahalanobis"
     assert {"openset.means", "openset.background_mean", "openset.knn"} <= set(checkpoint.extras)
-    scorer = load_scorer(checkpoint)
+    scorer = load_model(result.run_dir).scorer
     index = {name: i for i, name in enumerate(checkpoint.classes)}
     with open(result.run_dir / "manifest.csv", newline="") as stream:
         val = [
@@ -149,4 +149,10 @@ def test_cli_eval_follows_the_models_own_tta_setting(tmp_path):
     assert plain.exit_code == 0, plain.output
     report = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert report["tta"] is None
-    assert report["open_set"]["views"] == 8  # the unknown rule still scores as calibrated
+    # one view has its own temperature and threshold, fitted at training time
+    assert report["open_set"]["views"] == 1 and report["open_set"]["threshold_fitted_for_views"]
+    meta = load_checkpoint(run.run_dir).meta["calibration"]
+    assert report["open_set"]["threshold"] == pytest.approx(
+        meta["single_view"]["thresholds"][report["open_set"]["rule"]]
+    )
+    assert report["temperature"] == pytest.approx(meta["single_view"]["temperature"])

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from jianmu import metrics
+from jianmu import scoring
 from jianmu.errors import JianmuError
 from jianmu.metrics import (
     KnnModel,
@@ -368,7 +368,7 @@ def test_knn_chunking_gives_the_same_scores(monkeypatch):
     model = fit_knn(rng.normal(size=(7, 3)))
     queries = rng.normal(size=(5, 3))
     whole = score_knn(model, queries, k=2)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 8)  # one query row per block
+    monkeypatch.setattr(scoring, "_CHUNK_ELEMENTS", 8)  # one query row per block
     assert score_knn(model, queries, k=2) == pytest.approx(whole)
 
 

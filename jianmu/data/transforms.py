@@ -16,22 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
 from jianmu.config import AugmentConfig
-from jianmu.data.spec import INTERPOLATION_NAMES, TransformSpec, as_triple
+from jianmu.data.preprocess import interpolation_flag
+from jianmu.data.spec import TransformSpec, as_triple
 from jianmu.errors import JianmuError
 
-INTERPOLATIONS = dict(
-    zip(
-        INTERPOLATION_NAMES,
-        (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LANCZOS4),
-        strict=True,
-    )
-)
 # Half the samples keep the photo's own orientation (no interpolation softening).
 _ROTATE_P = 0.5
 # Base classes, and steps the pipeline adds itself (normalization comes from the model).
@@ -216,11 +209,7 @@ def _compose(
 
 
 def _interpolation(name: str) -> int:
-    if name not in INTERPOLATIONS:
-        raise JianmuError(
-            f"unknown interpolation {name!r}; choose one of {', '.join(INTERPOLATIONS)}"
-        )
-    return INTERPOLATIONS[name]
+    return interpolation_flag(name)
 
 
 def _first_line(error: Exception) -> str:

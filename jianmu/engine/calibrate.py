@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from jianmu import metrics
+from jianmu.bundle import scorer_from_statistics
 from jianmu.config import EvalConfig
 from jianmu.engine.inference import DIHEDRAL_VIEWS, collect_outputs
 from jianmu.engine.openset import KNN_K, RULES, OpenSetScorer, fit_scorer
-from jianmu.models import Checkpoint, load_checkpoint, save_checkpoint
+from jianmu.models import load_checkpoint, save_checkpoint
 
 MAX_KNN_BANK = 10_000  # training embeddings kept for the kNN rule (a seeded subset beyond this)
 
@@ -36,12 +37,7 @@ def calibrate_checkpoint(
     targets = val_outputs.targets
     ece_before = metrics.expected_calibration_error(metrics.softmax(val_outputs.logits), targets)
     calibrated = metrics.softmax(val_outputs.logits, scorer.temperature)
-    thresholds = {
-        rule: metrics.threshold_for_recall(
-            scorer.score(rule, val_outputs), config.target_known_recall
-        )
-        for rule in RULES
-    }
+    thresholds = _thresholds(scorer, val_outputs, config.target_known_recall)
     record = {
         "calibration": {
             "temperature": scorer.temperature,
@@ -57,31 +53,33 @@ def calibrate_checkpoint(
             "knn_k": KNN_K,
         },
     }
+    if views > 1:
+        # Prediction runs one view unless asked for TTA: its own temperature and thresholds, for the
+        # same feature statistics.
+        single = collect_outputs(model, items["val"], checkpoint.preprocessing, views=1)
+        one_view = OpenSetScorer(
+            metrics.fit_temperature(single.logits, single.targets),
+            scorer.mahalanobis,
+            scorer.background,
+            scorer.knn,
+        )
+        record["calibration"]["single_view"] = {
+            "temperature": one_view.temperature,
+            "thresholds": _thresholds(one_view, single, config.target_known_recall),
+        }
     save_checkpoint(path, checkpoint.state_dict, {**checkpoint.meta, **record}, tensors)
     return record
 
 
-def load_scorer(checkpoint: Checkpoint) -> OpenSetScorer | None:
-    """The scorer stored by :func:`calibrate_checkpoint`, or None for an uncalibrated checkpoint."""
-    needed = {"openset.means", "openset.background_mean", "openset.knn"}
-    if "calibration" not in checkpoint.meta or not needed <= set(checkpoint.extras):
-        return None  # not calibrated, or by an older jianmu without these statistics
-    return _scorer_from(checkpoint.extras, float(checkpoint.meta["calibration"]["temperature"]))
+def _thresholds(scorer: OpenSetScorer, outputs, target_recall: float) -> dict[str, float]:
+    return {
+        rule: metrics.threshold_for_recall(scorer.score(rule, outputs), target_recall)
+        for rule in RULES
+    }
 
 
 def _scorer_from(extras: dict[str, torch.Tensor], temperature: float) -> OpenSetScorer:
-    return OpenSetScorer(
-        temperature,
-        _gaussians(extras, "openset.means", "openset.precision"),
-        _gaussians(extras, "openset.background_mean", "openset.background_precision"),
-        metrics.KnnModel(extras["openset.knn"].numpy()),
-    )
-
-
-def _gaussians(extras: dict[str, torch.Tensor], means: str, precision: str):
-    return metrics.MahalanobisModel(
-        extras[means].double().numpy(), extras[precision].double().numpy()
-    )
+    return scorer_from_statistics({k: v.numpy() for k, v in extras.items()}, temperature)
 
 
 def _tensors(scorer: OpenSetScorer) -> dict[str, torch.Tensor]:

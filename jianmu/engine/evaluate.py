@@ -13,14 +13,12 @@ from typing import Any
 import numpy as np
 
 from jianmu import metrics
+from jianmu.bundle import DIHEDRAL_VIEWS, load_model
 from jianmu.config import IMAGE_EXTENSIONS, EvalConfig
-from jianmu.data.images import probe_image
 from jianmu.data.samples import find_samples
 from jianmu.data.split import read_manifest
-from jianmu.engine.calibrate import load_scorer
-from jianmu.engine.inference import DIHEDRAL_VIEWS, Outputs, collect_outputs
+from jianmu.engine.runner import bundle_outputs
 from jianmu.errors import JianmuError
-from jianmu.models import load_checkpoint
 from jianmu.report.eval_report import write_eval_report
 from jianmu.taxonomy import load_taxonomy
 
@@ -75,47 +73,45 @@ def evaluate(
     split: str = "test",
     specimen_pattern: str | None = None,
 ) -> EvalResult:
-    """Evaluate a run folder or checkpoint on ``data`` (all images, or one split of a manifest);
-    write the report to ``out``. Images of species the model does not know measure the unknown
-    rule; unreadable images are listed, not fatal."""
+    """Evaluate a run folder, checkpoint or exported bundle on ``data`` (all images, or one split of
+    a manifest); write the report to ``out``. Images of species the model does not know measure the
+    unknown rule; unreadable images are listed, not fatal."""
     config = config or EvalConfig()
-    checkpoint = load_checkpoint(model_path)
-    classes = checkpoint.classes
+    bundle = load_model(model_path)
+    classes = bundle.classes
     labelled = _find_items(Path(data), manifest, split, specimen_pattern)
     index = {name: i for i, name in enumerate(classes)}
     known = [(path, index[label], specimen) for path, label, specimen in labelled if label in index]
     unknown = [(path, -1, specimen) for path, label, specimen in labelled if label not in index]
     if not known:
         raise JianmuError(f"{data}: no images of the model's {len(classes)} classes to evaluate")
-    model = checkpoint.build_model()
-    spec = checkpoint.preprocessing
-    plain = collect_outputs(model, [(p, i) for p, i, _ in known], spec, config.batch_size)
-    outputs = plain
+    pairs = [(p, i) for p, i, _ in known]
+    views = DIHEDRAL_VIEWS if config.tta else 1
+    outputs = bundle_outputs(bundle, pairs, config.batch_size, views)
     tta = None
     if config.tta:
-        outputs = collect_outputs(
-            model, [(p, i) for p, i, _ in known], spec, config.batch_size, DIHEDRAL_VIEWS
-        )
-        tta = _tta_gain(plain, outputs)
+        tta = _tta_gain(bundle_outputs(bundle, pairs, config.batch_size, 1), outputs)
     ok = outputs.ok
-    unreadable = [(str(known[i][0]), probe_image(known[i][0]).reason) for i in np.flatnonzero(~ok)]
+    unreadable = [(str(known[i][0]), outputs.errors[i]) for i in np.flatnonzero(~ok)]
     known = [item for item, good in zip(known, ok, strict=True) if good]
-    logits, targets = outputs.logits[ok], outputs.targets[ok]
-    scorer = load_scorer(checkpoint)
-    temperature = scorer.temperature if scorer is not None else 1.0
+    outputs = outputs.subset(ok)
+    logits, targets = outputs.logits, outputs.targets
+    calibration = bundle.calibration(views)
+    prediction = bundle.predict_outputs(logits, outputs.embeddings, views)
     raw = metrics.softmax(logits)
-    probabilities = metrics.softmax(logits, temperature)
-    taxonomy = _taxonomy_columns(checkpoint)
+    probabilities = prediction.probabilities
+    taxonomy = _taxonomy_columns(bundle)
     report = metrics.classification_report(probabilities, targets, classes)
     predictions = probabilities.argmax(1)
     report |= {
-        "temperature": temperature,
+        "temperature": calibration.temperature,
         "ece_before": metrics.expected_calibration_error(raw, targets),
         "ece_after": metrics.expected_calibration_error(probabilities, targets),
         "genus_top1": _group_accuracy(predictions, targets, taxonomy["genus"]),
         "family_top1": _group_accuracy(predictions, targets, taxonomy["family"]),
         "within_genus_errors": _within(predictions, targets, taxonomy["genus"]),
-        "calibrated": scorer is not None,
+        "calibrated": calibration.rule is not None,
+        "model_format": bundle.kind,
     }
     counts = metrics.confusion(predictions, targets, len(classes))
     result = EvalResult(
@@ -136,25 +132,15 @@ def evaluate(
         specimen_metrics=_specimen_metrics(known, probabilities, targets, classes, config),
         tta=tta,
     )
-    if scorer is not None:
-        # The unknown rule's statistics were fitted on embeddings of a set number of views:
-        # score with the same number, whatever this evaluation's TTA setting.
-        rule_views = int(checkpoint.meta["calibration"].get("views", 1))
-        views = DIHEDRAL_VIEWS if config.tta else 1
-        rule_outputs = outputs if rule_views == views else collect_outputs(
-            model, [(p, i) for p, i, _ in known], spec, config.batch_size, rule_views
-        )  # fmt: skip
-        unknown_outputs = None
+    if calibration.rule is not None and bundle.scorer is not None:
+        unknown_prediction = None
         if unknown:
             items = [(p, -1) for p, _, _ in unknown]
-            unknown_outputs = collect_outputs(model, items, spec, config.batch_size, rule_views)
-        result.open_set = _unknown_rule(checkpoint, scorer, rule_outputs, unknown_outputs)
-        scores = scorer.score(result.open_set["rule"], _subset(rule_outputs, rule_outputs.ok))
-    else:
-        scores = np.full(len(known), np.nan)
-    result.predictions = _predictions(
-        known, probabilities, classes, scores, result.open_set and result.open_set["threshold"]
-    )
+            more = bundle_outputs(bundle, items, config.batch_size, views)
+            more = more.subset(more.ok)
+            unknown_prediction = bundle.predict_outputs(more.logits, more.embeddings, views)
+        result.open_set = _unknown_rule(bundle, calibration, prediction, unknown_prediction)
+    result.predictions = _predictions(known, probabilities, classes, prediction)
     write_eval_report(result, Path(out))
     return result
 
@@ -169,9 +155,9 @@ def _find_items(data: Path, manifest, split: str, specimen_pattern) -> list[tupl
     return [(sample.path, sample.label, sample.specimen) for sample in samples]
 
 
-def _taxonomy_columns(checkpoint) -> dict[str, list[str | None]]:
-    species = list(checkpoint.meta.get("species") or [None] * len(checkpoint.classes))
-    domain = checkpoint.meta.get("taxonomy", {}).get("domain")
+def _taxonomy_columns(bundle) -> dict[str, list[str | None]]:
+    species = list(bundle.meta.get("species") or [None] * bundle.num_classes)
+    domain = bundle.meta.get("taxonomy", {}).get("domain")
     entries = [None] * len(species)
     if domain:
         taxonomy = load_taxonomy(domain)
@@ -232,41 +218,33 @@ def _specimen_metrics(known, probabilities, targets, classes, config) -> dict[st
     return report
 
 
-def _unknown_rule(checkpoint, scorer, outputs, unknown_outputs) -> dict[str, Any]:
-    rule = checkpoint.meta["unknown"]["rule"]
-    threshold = float(checkpoint.meta["unknown"]["threshold"])
-    known_scores = scorer.score(rule, _subset(outputs, outputs.ok))
+def _unknown_rule(bundle, calibration, known, unknown) -> dict[str, Any]:
     record = {
-        "rule": rule,
-        "threshold": threshold,
-        "target_known_recall": checkpoint.meta["unknown"]["target_known_recall"],
-        "views": int(checkpoint.meta["calibration"].get("views", 1)),
-        "known_images": len(known_scores),
-        "known_flagged_unknown": float(np.mean(known_scores < threshold)),
+        "rule": calibration.rule,
+        "threshold": calibration.threshold,
+        "target_known_recall": bundle.meta["unknown"]["target_known_recall"],
+        "views": calibration.views,
+        "threshold_fitted_for_views": calibration.exact,
+        "known_images": len(known.scores),
+        "known_flagged_unknown": float(np.mean(~known.known)),
     }
-    if unknown_outputs is not None and unknown_outputs.ok.any():
-        unknown_scores = scorer.score(rule, _subset(unknown_outputs, unknown_outputs.ok))
-        record |= metrics.open_set_report(known_scores, unknown_scores, threshold)
+    if unknown is not None and len(unknown.scores):
+        record |= metrics.open_set_report(known.scores, unknown.scores, calibration.threshold)
     return record
 
 
 UNKNOWN_VERDICT = "unknown - refer to lab"
 
 
-def _predictions(known, probabilities, classes, scores, threshold) -> list[dict[str, Any]]:
+def _predictions(known, probabilities, classes, prediction) -> list[dict[str, Any]]:
     rows = []
-    for (path, target, _), row, score in zip(known, probabilities, scores, strict=True):
+    for (path, target, _), row, score, is_known in zip(
+        known, probabilities, prediction.scores, prediction.known, strict=True
+    ):
         best = int(row.argmax())
-        unknown = threshold is not None and score < threshold
         rows.append({
             "path": str(path), "true_class": classes[target], "predicted": classes[best],
             "probability": float(row[best]), "unknown_score": float(score),
-            "verdict": UNKNOWN_VERDICT if unknown else "identified",
+            "verdict": "identified" if is_known else UNKNOWN_VERDICT,
         })  # fmt: skip
     return rows
-
-
-def _subset(outputs: Outputs, keep: np.ndarray) -> Outputs:
-    return Outputs(
-        outputs.logits[keep], outputs.embeddings[keep], outputs.targets[keep], outputs.ok[keep]
-    )

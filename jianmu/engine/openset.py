@@ -25,42 +25,11 @@ from jianmu.data.split import split_samples, write_manifest
 from jianmu.engine.inference import Outputs, collect_outputs
 from jianmu.errors import JianmuError
 from jianmu.models import atomic_write, load_checkpoint
+from jianmu.scoring import KNN_K, RULES, OpenSetScorer  # noqa: F401 - re-exported
 
-RULES = ("msp", "energy", "mahalanobis", "relative_mahalanobis", "knn")
-KNN_K = 5
 # Shrinkage of the shared covariance, relative to its mean variance: 0.1 to 0.3 did equally well
 # on wood-swfu5 (datasets/wood-swfu5.md); much less over-trusts a few hundred training images.
 MAHALANOBIS_RIDGE = 0.1
-
-
-@dataclass
-class OpenSetScorer:
-    """Fitted on the training embeddings; scores new images by any rule.
-
-    ``relative_mahalanobis`` (Ren et al. 2021, "A simple fix to Mahalanobis distance for improving
-    near-OOD detection") subtracts the distance to one Gaussian fitted on all training embeddings,
-    which cancels directions that every wood image shares and leaves the class-specific ones.
-    """
-
-    temperature: float
-    mahalanobis: metrics.MahalanobisModel
-    background: metrics.MahalanobisModel
-    knn: metrics.KnnModel
-
-    def score(self, rule: str, outputs: Outputs) -> np.ndarray:
-        if rule == "msp":
-            return metrics.score_msp(outputs.logits / self.temperature)
-        if rule == "energy":
-            return metrics.score_energy(outputs.logits)
-        if rule == "mahalanobis":
-            return metrics.score_mahalanobis(self.mahalanobis, outputs.embeddings)
-        if rule == "relative_mahalanobis":
-            return metrics.score_mahalanobis(
-                self.mahalanobis, outputs.embeddings
-            ) - metrics.score_mahalanobis(self.background, outputs.embeddings)
-        if rule == "knn":
-            return metrics.score_knn(self.knn, outputs.embeddings, k=KNN_K)
-        raise JianmuError(f"unknown open-set rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
 def fit_scorer(train: Outputs, val: Outputs) -> OpenSetScorer:

@@ -1,0 +1,71 @@
+"""The eval preprocessing of a :class:`TransformSpec` in numpy and OpenCV alone.
+
+Resize the shorter side to ``floor(input_size / crop_pct)``, center crop, normalize: the same
+arithmetic as the albumentations eval transform (``build_spec_transform``; a test holds them
+equal), without importing torch or albumentations, so an ONNX bundle runs on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from jianmu.data.images import load_image
+from jianmu.data.spec import INTERPOLATION_NAMES, TransformSpec
+from jianmu.errors import JianmuError
+
+INTERPOLATIONS = dict(
+    zip(
+        INTERPOLATION_NAMES,
+        (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LANCZOS4),
+        strict=True,
+    )
+)
+
+
+def interpolation_flag(name: str) -> int:
+    """The OpenCV flag for an interpolation name of :data:`INTERPOLATION_NAMES`."""
+    if name not in INTERPOLATIONS:
+        raise JianmuError(
+            f"unknown interpolation {name!r}; choose one of {', '.join(INTERPOLATIONS)}"
+        )
+    return INTERPOLATIONS[name]
+
+
+def decode_size(spec: TransformSpec) -> int:
+    """The shorter side an image needs before the resize (for draft JPEG decoding)."""
+    return math.ceil(spec.input_size / spec.crop_pct)
+
+
+def preprocess(image: np.ndarray, spec: TransformSpec) -> np.ndarray:
+    """HWC uint8 RGB -> CHW float32, resized, center-cropped and normalized as ``spec`` says."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise JianmuError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
+    if not 0.0 < spec.crop_pct <= 1.0:
+        raise JianmuError(f"crop_pct must be in (0, 1], got {spec.crop_pct}")
+    height, width = image.shape[:2]
+    scale = math.floor(spec.input_size / spec.crop_pct) / min(height, width)
+    # round() as albumentations SmallestMaxSize does (banker's rounding on exact halves)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if size != (height, width):
+        flag = interpolation_flag(spec.interpolation)
+        image = cv2.resize(image, (size[1], size[0]), interpolation=flag)
+    top = (size[0] - spec.input_size) // 2
+    left = (size[1] - spec.input_size) // 2
+    crop = image[top : top + spec.input_size, left : left + spec.input_size]
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    inverse_std = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
+    normalized = (crop.astype(np.float32) - mean) * inverse_std
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+
+
+def load_preprocessed(path: str | Path, spec: TransformSpec) -> np.ndarray:
+    """Decode ``path`` (draft-decoding large JPEGs) and :func:`preprocess` it.
+
+    Raises:
+        ImageDecodeError: the file cannot be read as an image.
+    """
+    return preprocess(np.asarray(load_image(path, size=decode_size(spec))), spec)

@@ -1,0 +1,106 @@
+"""Decoding images in a thread pool while the model runs, in order, with bounded memory.
+
+Pillow's JPEG decoder and OpenCV's resize release the GIL, so threads decode in parallel without
+the start-up cost of worker processes. At most ``prefetch`` batches are decoded ahead of the
+consumer: memory stays flat however many paths there are (the paths may be a generator).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jianmu.data.images import ImageDecodeError
+from jianmu.data.preprocess import load_preprocessed
+from jianmu.data.spec import TransformSpec
+
+
+@dataclass
+class Batch:
+    """Consecutive inputs ``start .. start + len(paths)``; ``images`` holds the readable ones."""
+
+    start: int
+    paths: list[Path]
+    images: np.ndarray  # K x 3 x H x W float32, K = number of readable paths
+    ok: np.ndarray  # len(paths) bool
+    errors: dict[int, str] = field(default_factory=dict)  # position in batch -> reason
+    extras: list[Any] = field(default_factory=list)  # per path, from ``extra(path, image)``
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def stream_batches(
+    paths: Iterable[str | Path],
+    spec: TransformSpec,
+    batch_size: int = 32,
+    workers: int | None = None,
+    prefetch: int = 2,
+    decode: Callable[[Path, TransformSpec], tuple[np.ndarray, Any]] | None = None,
+) -> Iterator[Batch]:
+    """Batches of preprocessed images of ``paths``, in order; unreadable files are reported in
+    :attr:`Batch.errors`, never raised.
+
+    Args:
+        decode: ``(path, spec) -> (CHW float32 image, extra)``; the default decodes and
+            preprocesses and returns no extra. A custom one can also keep a thumbnail.
+    """
+    decode = decode or _decode
+    workers = workers or default_workers()
+    iterator = iter(paths)
+    start = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jianmu-decode") as pool:
+        pending: deque[tuple[int, list[Path], list[Future]]] = deque()
+
+        def submit() -> bool:
+            nonlocal start
+            chunk = [Path(p) for p in itertools.islice(iterator, batch_size)]
+            if not chunk:
+                return False
+            pending.append((start, chunk, [pool.submit(_safe, decode, p, spec) for p in chunk]))
+            start += len(chunk)
+            return True
+
+        for _ in range(max(1, prefetch)):
+            if not submit():
+                break
+        while pending:
+            first, chunk, futures = pending.popleft()
+            submit()
+            results = [future.result() for future in futures]
+            ok = np.array([error is None for _, _, error in results], dtype=bool)
+            images = [image for image, _, error in results if error is None]
+            size = spec.input_size
+            yield Batch(
+                first,
+                chunk,
+                np.stack(images) if images else np.zeros((0, 3, size, size), np.float32),
+                ok,
+                {i: error for i, (_, _, error) in enumerate(results) if error is not None},
+                [extra for _, extra, _ in results],
+            )
+
+
+def _decode(path: Path, spec: TransformSpec) -> tuple[np.ndarray, None]:
+    return load_preprocessed(path, spec), None
+
+
+def _safe(decode, path: Path, spec: TransformSpec) -> tuple[np.ndarray | None, Any, str | None]:
+    try:
+        image, extra = decode(path, spec)
+        return image, extra, None
+    except ImageDecodeError as error:
+        return None, None, error.reason
+    except MemoryError:
+        return None, None, "out of memory while decoding"
+    except Exception as error:  # noqa: BLE001 - one bad file must never stop a batch
+        return None, None, f"unreadable ({type(error).__name__}: {str(error)[:80]})"
