@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,20 @@ class ModelBundle:
         return list(self.meta.get("species") or [None] * len(self.classes))
 
     @property
+    def taxonomy_entries(self) -> list[dict[str, Any] | None]:
+        """Per class: scientific and Chinese name, genus, family, regulatory ``flags`` (words), or
+        None for a class outside the taxonomy. Bundles store them; checkpoints look them up."""
+        if "taxonomy_entries" not in self.meta:
+            domain = (self.meta.get("taxonomy") or {}).get("domain")
+            entries: list[dict[str, Any] | None] = [None] * self.num_classes
+            if domain:
+                from jianmu.taxonomy import load_taxonomy
+
+                entries = load_taxonomy(domain).entries(self.species)
+            self.meta["taxonomy_entries"] = entries
+        return list(self.meta["taxonomy_entries"])
+
+    @property
     def num_classes(self) -> int:
         return len(self.meta["classes"])
 
@@ -119,7 +134,8 @@ class ModelBundle:
             scores = np.full(len(logits), np.nan)
             known = np.ones(len(logits), dtype=bool)
         else:
-            scores = self.scorer.score(calibration.rule, _Outputs(logits, embeddings))
+            scorer = replace(self.scorer, temperature=calibration.temperature)
+            scores = scorer.score(calibration.rule, _Outputs(logits, embeddings))
             known = scores >= calibration.threshold
         return Prediction(logits, embeddings, probabilities, scores, known)
 
@@ -305,6 +321,16 @@ def load_model(path: str | Path, device: str = "cpu") -> ModelBundle:
     )
 
 
+def read_model_meta(path: str | Path) -> dict[str, Any]:
+    """A model's metadata document; a checkpoint's from its header alone."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        from jianmu.models import read_checkpoint_meta
+
+        return read_checkpoint_meta(path)
+    return load_model(path).meta
+
+
 def _load_checkpoint(path: Path, device: str) -> TorchBundle:
     from jianmu.models import OutputsModule, load_checkpoint
 
@@ -319,7 +345,9 @@ def _load_torchscript(path: Path, device: str) -> TorchBundle:
 
     extra = {TORCHSCRIPT_META: "", TORCHSCRIPT_STATISTICS: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "deprecated, use torch.export"
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError and others
         raise JianmuError(f"{path}: not a readable TorchScript bundle ({error})") from None
     if not extra[TORCHSCRIPT_META]:

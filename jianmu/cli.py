@@ -336,7 +336,10 @@ def train_command(
 def eval_command(
     model: Annotated[
         Path | None,
-        typer.Argument(help="run folder (its best checkpoint) or checkpoint .safetensors"),
+        typer.Argument(
+            help="run folder (its best checkpoint), checkpoint .safetensors, or an exported "
+            ".onnx / .torchscript bundle"
+        ),
     ] = None,
     data: Annotated[Path | None, typer.Option("--data", help="dataset root")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("eval"),
@@ -375,11 +378,11 @@ def eval_command(
         console.print(f"best rule: {result.best_rule}; table in {out / 'openset.md'}")
         return
     if model is None:
-        raise JianmuError("give a MODEL (run folder or checkpoint), or --open-set CONFIG")
-    from jianmu.models import read_checkpoint_meta
+        raise JianmuError("give a MODEL (run folder, checkpoint or bundle), or --open-set CONFIG")
+    from jianmu.bundle import read_model_meta
 
     # The model's own settings (TTA, specimen roll-up) unless --config, --set or --tta differ.
-    stored = read_checkpoint_meta(model).get("config", {})
+    stored = read_model_meta(model).get("config", {})
     base = {key: stored[key] for key in ("eval", "data") if key in stored}
     base.get("data", {}).pop("root", None)
     base.get("data", {}).pop("manifest", None)
@@ -389,3 +392,45 @@ def eval_command(
 
     result = evaluate(model, data, out, config.eval, manifest, split, config.data.specimen_pattern)
     console.print(eval_summary(result, out))
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(help="run folder or checkpoint .safetensors")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx | torchscript")] = "onnx",
+    int8: Annotated[
+        bool, typer.Option("--int8", help="static int8 quantization (ONNX), accuracy-guarded")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="bundle path (default: beside the checkpoint)"),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="dataset root for the parity check (default: the run's)"),
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="manifest CSV (default: the run's)")
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Export a model to one self-contained, parity-checked bundle file.
+
+    Exit codes: 0 exported; 1 the parity check failed (no bundle written); 2 bad input.
+    """
+    from jianmu.config import load_config
+    from jianmu.engine.export import ExportCheckError, export
+    from jianmu.models import read_checkpoint_meta
+    from jianmu.report.console import export_table
+
+    stored = read_checkpoint_meta(model).get("config", {})
+    base = {"export": stored["export"]} if "export" in stored else None
+    config = load_config(config_path, overrides or [], base=base)
+    try:
+        result = export(model, format, out, int8, data, manifest, config.export)
+    except ExportCheckError as error:
+        console.print(export_table(error.parity, None))
+        error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FINDINGS) from None
+    console.print(export_table(result.parity, result))

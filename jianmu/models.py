@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from jianmu.config import ModelConfig
 from jianmu.data.spec import TransformSpec, resolve_transform_spec
 from jianmu.errors import JianmuError
+from jianmu.files import atomic_write  # noqa: F401 - re-exported for the engine
 
 CHECKPOINT_FORMAT = "jianmu.checkpoint/1"
 _META_KEY = "jianmu"
@@ -140,35 +140,6 @@ class Checkpoint:
         model = timm.create_model(self.meta["model_name"], num_classes=len(self.classes))
         model.load_state_dict(self.state_dict)
         return model.eval()
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path`` and rename it over ``path``: a kill or a
-    full disk never leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise JianmuError(f"cannot write {path}: {error.strerror or error}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(

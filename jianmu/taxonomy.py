@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -112,6 +112,17 @@ class Taxonomy(_Strict):
     def get(self, name: str) -> Species | None:
         """The entry for an accepted name or synonym (any case/separators), or None."""
         return self.match(name).entry
+
+    def entries(self, species: list[str | None]) -> list[dict[str, Any] | None]:
+        """Plain records (name, Chinese name, genus, family, flags, ...) of ``species``, in order;
+        what bundles store so that they need no taxonomy file."""
+        found = [self.get(name) if name else None for name in species]
+        return [
+            {**entry.model_dump(exclude={"sources", "note"}), "flags": entry.flags}
+            if entry
+            else None
+            for entry in found
+        ]
 
     def match(self, folder_name: str) -> NameMatch:
         """Match a dataset folder name to an entry (see module docstring)."""

@@ -56,3 +56,19 @@ def test_cli_help_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_onnx_inference_path_imports_no_heavy_library_at_module_level():
+    """An inspector's laptop runs an ONNX bundle with numpy, OpenCV and onnxruntime only."""
+    light = ["bundle.py", "scoring.py", "data/preprocess.py", "data/stream.py", "engine/runner.py"]
+    heavy = ("torch", "timm", "torchvision", "albumentations", "sklearn", "scipy", "matplotlib")
+    code = (
+        "import sys, importlib\n"
+        "for name in ('jianmu.bundle', 'jianmu.scoring', 'jianmu.data.preprocess',\n"
+        "             'jianmu.data.stream', 'jianmu.engine.runner'):\n"
+        "    importlib.import_module(name)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", light

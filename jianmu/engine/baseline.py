@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, model_validator
 
 from jianmu.errors import JianmuError
+from jianmu.files import write_text_atomic
 
 Status = Literal["ok", "regression", "missing", "new", "improved"]
 BASELINE_KEYS = ("suite", "figures", "hardware", "versions", "git_commit", "seeds", "date")
@@ -364,18 +363,4 @@ def write_baseline(path: str | Path, bench: Mapping[str, Any]) -> Path:
     }
     record.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; a committed file should be readable
-        os.replace(tmp_name, path)
-    except OSError as error:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
-        raise JianmuError(f"cannot write baseline {path}: {error.strerror or error}") from None
-    return path
+    return write_text_atomic(path, text)

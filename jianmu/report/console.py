@@ -357,3 +357,27 @@ def eval_summary(result, out) -> Table:
         table.add_row("[yellow]unreadable images[/]", str(len(result.unreadable)))
     table.caption = f"report: {out}/report.html"
     return table
+
+
+def export_table(parity: dict, result=None) -> Table:
+    """Parity figures of an export (exported vs PyTorch), and where the bundle went."""
+    title = "export refused" if result is None else f"exported {result.path}"
+    if result is not None:
+        title += f" ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("parity check")
+    table.add_column("value", justify="right")
+    rows = [
+        ("validation images", f"{parity['images']}"),
+        ("top-1 agreement", f"{parity['top1_agreement']:.2%}"),
+        ("max |logit difference|", f"{parity['max_abs_logit_diff']:.3g}"),
+        ("top-1 PyTorch", f"{parity['top1_reference']:.4f}"),
+        ("top-1 exported", f"{parity['top1_export']:.4f}"),
+        ("random tensors: max |logit difference|", f"{parity['random_max_abs_logit_diff']:.3g}"),
+        ("random tensors: top-1 agreement", f"{parity['random_top1_agreement']:.2%}"),
+    ]
+    if "int8_top1_drop_points" in parity:
+        rows.append(("int8 top-1 drop (points)", f"{parity['int8_top1_drop_points']:.2f}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
