@@ -394,6 +394,89 @@ def eval_command(
     console.print(eval_summary(result, out))
 
 
+# --- predict -------------------------------------------------------------------------------------
+
+EXIT_INTERRUPTED = 130
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL",
+            help="ONNX bundle (.onnx), TorchScript bundle, checkpoint or run folder",
+        ),
+    ],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT",
+            help="image files, folders (searched recursively) or .txt/.lst lists of paths",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="results file: .csv, .json or .jsonl (one row per image)"),
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="also write a self-contained HTML page")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="species shown per image")] = 3,
+    tta: Annotated[
+        bool, typer.Option("--tta/--no-tta", help="8 flips/rotations per image (8x slower)")
+    ] = False,
+    specimen_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--specimen-pattern",
+            help="regex on file names whose group 'specimen' (or group 1) names the specimen "
+            "(default: the sub-folder under INPUT)",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="skip files already in --out and append to it")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="default: per model format")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="decoding threads (default: CPUs)")
+    ] = None,
+) -> None:
+    """Classify field photos: top species with calibrated confidence, verdict, regulatory flags.
+
+    Every file gets a row, readable or not. Exit codes: 0 every file was read; 1 some files could
+    not be read (their rows say why); 2 user error (bad model, no inputs, bad option); 130
+    interrupted by Ctrl-C (the rows done are saved: run again with --resume).
+    """
+    from jianmu.engine.predict import PredictInterrupted, predict
+    from jianmu.report.console import predict_progress, predict_renderables
+
+    with predict_progress(console) as progress:
+        try:
+            result = predict(
+                model, inputs, out=out, html=html, top_k=top_k, tta=tta,
+                specimen_pattern=specimen_pattern, resume=resume, batch_size=batch_size,
+                workers=workers, progress=progress, keep_images=out is None,
+            )  # fmt: skip
+        except PredictInterrupted as interrupted:
+            result = interrupted.result
+    for renderable in predict_renderables(result, show_images=out is None):
+        console.print(renderable)
+    for path in result.files:
+        console.print(f"written: {path}", highlight=False)
+    if result.interrupted:
+        error_console.print(
+            f"[bold yellow]interrupted:[/] {result.summary['images']} images saved; "
+            "run again with --resume to finish",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.failed:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
 @app.command("export")
 def export_command(
     model: Annotated[Path, typer.Argument(help="run folder or checkpoint .safetensors")],
@@ -434,3 +517,38 @@ def export_command(
         error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FINDINGS) from None
     console.print(export_table(result.parity, result))
+
+
+@app.command("bench")
+def bench_command(
+    suite: Annotated[str, typer.Argument(help="suite name in configs/bench/ (ci, scale) or YAML")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="folder (default: runs/bench/SUITE)")
+    ] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="rewrite the suite's baseline on purpose")
+    ] = False,
+) -> None:
+    """Benchmark accuracy and speed; compare with the committed baseline.
+
+    Exit codes: 0 no regression (or the suite's data is absent: skipped, said so);
+    1 a figure regressed (named); 2 bad input.
+    """
+    from jianmu.engine.bench import BenchSkipped, bench
+    from jianmu.report.console import TrainProgress
+
+    try:
+        with TrainProgress(console) as progress:
+            result = bench(suite, out, update_baseline, reporter=progress)
+    except BenchSkipped as skipped:
+        console.print(f"[yellow]{skipped}[/]", highlight=False)
+        return
+    typer.echo((result.out / "bench.md").read_text(encoding="utf-8"))  # unwrapped, for CI logs
+    console.print(f"bench.json and bench.md in {result.out} ({result.seconds:.0f} s)")
+    if update_baseline:
+        console.print("baseline rewritten")
+    elif not result.comparison.ok:
+        error_console.print(
+            f"[bold red]regression:[/] {result.comparison.summary()}", highlight=False
+        )
+        raise typer.Exit(EXIT_FINDINGS)

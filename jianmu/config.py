@@ -159,6 +159,47 @@ class Config(_Strict):
     export: ExportConfig = ExportConfig()
 
 
+class BenchData(_Strict):
+    """One data set of a bench suite: a real folder, or a synthetic set generated on the spot."""
+
+    name: str = Field(description="prefix of this data set's figures, e.g. 'wood145'")
+    root: Path | None = Field(default=None, description="real images; relative to the repo")
+    synthetic: Domain | None = Field(default=None, description="generate a set of this domain")
+    classes: int = Field(default=5, ge=2)
+    per_class: int = Field(default=6, ge=3)
+    size: int = Field(default=96, ge=32)
+    recipe: Path = Field(description="training config, relative to the suite file")
+    set: list[str] = Field(default=[], description="overrides of the recipe (the budget)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BenchData:
+        if (self.root is None) == (self.synthetic is None):
+            raise ValueError("give either root (real images) or synthetic (a domain)")
+        return self
+
+
+class BenchSpeed(_Strict):
+    batch_size: int = Field(default=32, ge=1)
+    seconds: float = Field(default=5.0, gt=0, description="timed per model-only backend")
+    large_jpeg: tuple[int, int] = Field(default=(4000, 3000), description="width, height")
+    predict_repeats: int = Field(
+        default=1, ge=1, description="predict over the test images this many times (speed)"
+    )
+
+
+class BenchSuite(_Strict):
+    """A ``configs/bench/*.yaml`` suite: data sets, training budget, figures and tolerances."""
+
+    name: str
+    description: str = ""
+    data: list[BenchData] = Field(min_length=1)
+    int8: bool = True
+    speed: BenchSpeed | None = BenchSpeed()
+    baseline: Path = Field(description="committed baseline JSON, relative to the repo")
+    tolerances: dict[str, dict[str, Any]] = {}
+    seed: int = 42
+
+
 class _Yaml12Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans (only true/false): `amp: off` stays the string off."""
 

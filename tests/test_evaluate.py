@@ -6,34 +6,18 @@ import shutil
 
 import numpy as np
 import pytest
+from tiny import tiny_config
 from typer.testing import CliRunner
 
 from jianmu.bundle import load_model
 from jianmu.cli import app
-from jianmu.config import EvalConfig, load_config
+from jianmu.config import EvalConfig
 from jianmu.data.synth import generate_dataset
 from jianmu.engine.evaluate import evaluate
 from jianmu.engine.inference import collect_outputs
 from jianmu.engine.openset import RULES, run_open_set
 from jianmu.engine.train import train
 from jianmu.models import load_checkpoint
-
-
-def tiny_config(root, out, *overrides):
-    return load_config(
-        overrides=[
-            f"data.root={root}",
-            f"out={out}",
-            "model.name=test_resnet",
-            "model.img_size=32",
-            "train.epochs=3",
-            "train.batch_size=8",
-            "train.workers=0",
-            "train.lr=0.01",
-            "data.min_images_per_class=2",
-            *overrides,
-        ]
-    )
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny import tiny_config
 from typer.testing import CliRunner
 
 from jianmu.bundle import META_KEY, OnnxBundle, load_model
 from jianmu.cli import app
-from jianmu.config import ExportConfig, load_config
+from jianmu.config import ExportConfig
 from jianmu.data.preprocess import load_preprocessed
 from jianmu.data.synth import generate_dataset
 from jianmu.engine import export as export_module
@@ -29,20 +30,7 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     names = ["Dalbergia_odorifera", "Pterocarpus_santalinus", "Tectona_grandis"]
     generate_dataset(base / "data", "wood", 3, per_class=12, size=48, seed=5, class_names=names)
-    config = load_config(
-        overrides=[
-            f"data.root={base / 'data'}",
-            f"out={base / 'run'}",
-            "model.name=test_resnet",
-            "model.img_size=32",
-            "train.epochs=3",
-            "train.batch_size=8",
-            "train.workers=0",
-            "train.lr=0.01",
-            "data.min_images_per_class=2",
-            "eval.tta=true",
-        ]
-    )
+    config = tiny_config(base / "data", base / "run", "eval.tta=true")
     return train(config).run_dir
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from jianmu.config import AugmentConfig, find_configs_dir, load_config, read_yaml, validate_config
+from jianmu.engine.bench import load_suite
 from jianmu.taxonomy import load_taxonomy
 
 CONFIGS = find_configs_dir()
@@ -13,7 +14,11 @@ ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))
 
 def _validate(path: Path) -> None:
     folder = path.parent.relative_to(CONFIGS).as_posix()
-    if folder in (".", "bench"):
+    if folder == "bench" and "tolerances" in (read_yaml(path) or {}):
+        suite = load_suite(path)  # a bench suite: its recipes and their budgets load too
+        for data in suite.data:
+            load_config(path.parent / data.recipe, data.set)
+    elif folder in (".", "bench"):
         load_config(path)
     elif folder == "taxonomy":
         load_taxonomy(path)
@@ -40,3 +45,14 @@ def test_domain_configs_choose_model_size_and_preset(domain):
     assert config.data.domain == domain
     assert config.augment.preset and config.augment.appearance
     assert config.model.name and config.model.img_size >= 160
+
+
+def test_bench_suites_ci_and_scale_exist_with_tolerances():
+    ci = load_suite(CONFIGS / "bench" / "ci.yaml")
+    assert [data.name for data in ci.data] == ["wood-swfu5"] and ci.data[0].root
+    scale = load_suite(CONFIGS / "bench" / "scale.yaml")
+    assert sorted(data.classes for data in scale.data) == [32, 110, 145]
+    for suite in (ci, scale):
+        assert suite.tolerances and all(
+            name.split(".")[0] in {d.name for d in suite.data} for name in suite.tolerances
+        )

@@ -210,7 +210,13 @@ def test_full_disk_leaves_no_half_written_checkpoint(toy_data, tmp_path, monkeyp
 
 
 def test_kill_and_resume_equals_uninterrupted(toy_data, tmp_path):
-    overrides = ["train.epochs=4", "train.batch_size=4", "train.ema=true"]
+    # deterministic: on CUDA, cuDNN autotuning picks kernels per process, so two processes differ
+    overrides = [
+        "train.epochs=4",
+        "train.batch_size=4",
+        "train.ema=true",
+        "train.deterministic=true",
+    ]
     reference = train(toy_config(toy_data, tmp_path / "reference", *overrides))
     config_path = save_config(toy_config(toy_data, None, *overrides), tmp_path / "toy.yaml")
     run = tmp_path / "killed"
@@ -290,7 +296,7 @@ def test_ddp_two_gloo_processes(toy_data, tmp_path):
     config_path = save_config(toy_config(toy_data, None, "train.epochs=1"), tmp_path / "toy.yaml")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU on GPU hosts too
     result = subprocess.run(
         [*torchrun, "-m", "jianmu", "train", str(config_path), "--out", str(run), "--quiet"],
         env=env,

@@ -75,7 +75,7 @@ def find_dataset(
     root = Path(root).expanduser().absolute()
     classes = find_class_folders(root)
     suffixes = {_normalize_extension(extension) for extension in extensions}
-    pattern = _compile_pattern(specimen_pattern)
+    pattern = compile_specimen_pattern(specimen_pattern)
     skipped = [
         root / entry.name
         for entry in os.scandir(root)
@@ -139,13 +139,16 @@ def _normalize_extension(extension: str) -> str:
     return extension if extension.startswith(".") else f".{extension}"
 
 
-def _compile_pattern(pattern: str | None) -> re.Pattern[str] | None:
+def compile_specimen_pattern(
+    pattern: str | None, where: str = "data.specimen_pattern"
+) -> re.Pattern[str] | None:
+    """The compiled specimen regex, or None; a bad regex is one error line naming ``where``."""
     if not pattern:
         return None
     try:
         return re.compile(pattern)
     except re.error as error:
-        raise JianmuError(f"data.specimen_pattern: invalid regex {pattern!r} ({error})") from None
+        raise JianmuError(f"{where}: invalid regex {pattern!r} ({error})") from None
 
 
 def _specimen_id(relative: Path, pattern: re.Pattern[str] | None) -> str:

@@ -20,13 +20,17 @@ MAX_KNN_BANK = 10_000  # training embeddings kept for the kNN rule (a seeded sub
 
 
 def calibrate_checkpoint(
-    path: Path, items: dict[str, list], config: EvalConfig, seed: int = 0
+    path: Path,
+    items: dict[str, list],
+    config: EvalConfig,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Fit the temperature on ``items["val"]`` and the open-set statistics on ``items["train"]``;
     choose each rule's threshold for ``config.target_known_recall`` on validation images; rewrite
     the checkpoint with them. Returns the calibration record stored in its metadata."""
     checkpoint = load_checkpoint(path)
-    model = checkpoint.build_model()
+    model = checkpoint.build_model().to(device)
     views = DIHEDRAL_VIEWS if config.tta else 1
     train = _subset(items["train"], MAX_KNN_BANK, seed)
     train_outputs = collect_outputs(model, train, checkpoint.preprocessing, views=views)

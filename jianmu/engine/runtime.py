@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from jianmu.errors import JianmuError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -33,6 +35,11 @@ def init_runtime() -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise JianmuError(
+                f"process {local_rank} of this machine has no GPU of its own: "
+                f"{torch.cuda.device_count()} visible; start at most that many per machine"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:

@@ -171,7 +171,9 @@ def train(
     if runtime.is_main:
         from jianmu.engine.calibrate import calibrate_checkpoint
 
-        calibrate_checkpoint(run_dir / "best.safetensors", splits.items, config.eval, config.seed)
+        calibrate_checkpoint(
+            run_dir / "best.safetensors", splits.items, config.eval, config.seed, runtime.device
+        )
     test_metrics = _test_best(run_dir, model, loaders.get("test"), runtime, amp_dtype)
     if runtime.is_main:
         from jianmu.report.plots import plot_curves

@@ -381,3 +381,149 @@ def export_table(parity: dict, result=None) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+# --- predict --------------------------------------------------------------------------------------
+
+_FAILED_SHOWN = 20
+
+
+@contextmanager
+def predict_progress(console):
+    """A transient progress bar for ``jianmu predict``: images done, images/s, time left."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TimeRemainingColumn,
+    )
+
+    class SpeedColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} img/s" if speed else "- img/s", style="cyan")
+
+    columns = ("[bold]classifying", BarColumn(), MofNCompleteColumn(), SpeedColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("classifying", total=None)
+
+        def callback(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield callback
+
+
+def _shares(top: list[dict], other: float | None) -> str:
+    parts = [f"{entry['class']} {entry['probability']:.2f}" for entry in top]
+    if other:
+        parts.append(f"other {other:.2f}")
+    return ", ".join(parts)
+
+
+def _verdict_text(verdict: str | None, status: str = "ok") -> Text:
+    if verdict is None:
+        return Text(status, style="bold red")
+    return Text(verdict, style="green" if verdict == "identified" else "bold yellow")
+
+
+def _flags_text(flags: list[str]) -> Text:
+    return Text("; ".join(flags), style="bold magenta" if flags else "")
+
+
+def predict_images_table(images: list[dict]) -> Table:
+    """One row per image: verdict (or why it could not be read), top-k shares, species, flags."""
+    table = Table(title="images", title_justify="left")
+    for column in ("image", "verdict", "top (calibrated)", "species", "flags"):
+        table.add_column(column, overflow="fold")
+    for record in images:
+        species = " ".join(filter(None, (record.get("species"), record.get("chinese_name"))))
+        table.add_row(
+            record["path"],
+            _verdict_text(record["verdict"], record["status"]),
+            _shares(record["top"], record["other"]),
+            Text(species, style="italic"),
+            _flags_text(record["flags"]),
+        )
+    return table
+
+
+def predict_renderables(result, show_images: bool = False) -> list:
+    """Summary, identified species, specimens and failed files of a ``jianmu predict`` run."""
+    summary = result.summary
+    out: list = []
+    if show_images and result.images:
+        out.append(predict_images_table(result.images))
+    species = Table(title="identified species", title_justify="left")
+    for column in ("class", "species", "Chinese name", "images", "flags"):
+        species.add_column(
+            column, overflow="fold", justify="right" if column == "images" else "left"
+        )
+    for name, count in summary["per_species"].items():
+        record = result.species.get(name, {})
+        species.add_row(
+            name,
+            Text(record.get("species") or "", style="italic"),
+            record.get("chinese_name") or "",
+            str(count),
+            _flags_text(record.get("flags") or []),
+        )
+    if summary["per_species"]:
+        out.append(species)
+    if result.specimens:
+        out.append(_specimen_table(result.specimens))
+    if result.failures:
+        failed = Table(title="files that could not be read", title_justify="left")
+        failed.add_column("file", overflow="fold")
+        failed.add_column("reason", style="red")
+        for path, reason in result.failures[:_FAILED_SHOWN]:
+            failed.add_row(path, reason)
+        if len(result.failures) > _FAILED_SHOWN:
+            failed.caption = f"{len(result.failures) - _FAILED_SHOWN} more in the output file"
+        out.append(failed)
+    out.append(_predict_summary_table(summary))
+    out.extend(Text(f"warning: {w}", style="yellow") for w in summary.get("warnings", []))
+    return out
+
+
+def _specimen_table(specimens: list[dict], limit: int = 30) -> Table:
+    table = Table(title="specimens", title_justify="left")
+    for column in ("specimen", "images", "verdict", "top (mean)", "flags"):
+        table.add_column(column, overflow="fold", justify="right" if column == "images" else "left")
+    for record in specimens[:limit]:
+        table.add_row(
+            record["specimen"],
+            f"{record['ok_images']}/{record['images']}",
+            _verdict_text(record["verdict"], "no readable image"),
+            _shares(record["top"], record["other"]),
+            _flags_text(record["flags"]),
+        )
+    if len(specimens) > limit:
+        table.caption = f"{len(specimens) - limit} more in the output file"
+    return table
+
+
+def _predict_summary_table(summary: dict) -> Table:
+    title = f"{summary['model']} ({summary['model_format']})"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("images", str(summary["images"]))
+    rows = (
+        ("identified", "identified", "green"),
+        ("unknown - refer to lab", "unknown", "bold yellow"),
+        ("identified as a regulated species", "flagged", "bold magenta"),
+        ("could not be read", "failed", "bold red"),
+    )
+    for label, key, style in rows:
+        table.add_row(label, Text(str(summary[key]), style=style if summary[key] else ""))
+    if summary.get("specimens"):
+        table.add_row("specimens", str(summary["specimens"]))
+    if summary.get("skipped"):
+        table.add_row("files skipped (not an image extension)", str(summary["skipped"]))
+    if summary.get("resumed"):
+        table.add_row("taken from the previous output", str(summary["resumed"]))
+    speed = f"{summary['images_per_s']:.1f} images/s, {summary['seconds']:.1f} s"
+    table.add_row("speed", speed + (" (TTA x8)" if summary["tta"] else ""))
+    return table

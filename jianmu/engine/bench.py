@@ -1,0 +1,361 @@
+"""``jianmu bench SUITE``: train, evaluate, export and predict on fixed data, record accuracy and
+speed figures, and compare them with a committed baseline.
+
+Absolute speeds differ between machines, so the judged speed figures are ratios to a reference
+measured in the same run (end-to-end predict / model-only onnxruntime, onnxruntime / PyTorch,
+draft / full JPEG decoding); the absolute images/s are recorded beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jianmu.config import (
+    BenchData,
+    BenchSuite,
+    find_configs_dir,
+    load_config,
+    read_yaml,
+    validate_config,
+)
+from jianmu.engine.baseline import (
+    Comparison,
+    build_tolerances,
+    compare,
+    comparison_markdown,
+    load_baseline,
+    write_baseline,
+)
+from jianmu.errors import JianmuError
+from jianmu.files import write_text_atomic
+
+REPO = find_configs_dir().parent
+
+
+class BenchSkipped(JianmuError):
+    """The suite's data is not on this machine (e.g. the shared real data set)."""
+
+
+@dataclass
+class BenchResult:
+    suite: str
+    out: Path
+    record: dict[str, Any]  # what bench.json holds
+    comparison: Comparison
+    seconds: float
+
+    @property
+    def figures(self) -> dict[str, float]:
+        return self.record["figures"]
+
+
+def find_suite(name_or_path: str | Path) -> Path:
+    """A suite by name (``configs/bench/<name>.yaml``) or path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = find_configs_dir() / "bench" / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(
+        p.stem
+        for p in candidate.parent.glob("*.yaml")
+        if isinstance(read_yaml(p), dict) and "tolerances" in read_yaml(p)
+    )
+    raise JianmuError(f"unknown bench suite {str(name_or_path)!r}; suites: {', '.join(known)}")
+
+
+def load_suite(path: str | Path) -> BenchSuite:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise JianmuError(f"{path}: expected a bench suite mapping")
+    suite = validate_config(raw, str(path), BenchSuite)
+    build_tolerances(suite.tolerances, source=f"{path}: tolerances")  # fail early on typos
+    return suite
+
+
+def bench(
+    suite_name: str | Path,
+    out: str | Path | None = None,
+    update_baseline: bool = False,
+    reporter: Any = None,
+) -> BenchResult:
+    """Run a suite; write ``bench.json`` and ``bench.md`` to ``out``; compare with the baseline
+    (or rewrite it with ``update_baseline``).
+
+    Raises:
+        BenchSkipped: a real data set of the suite is absent.
+    """
+    started = time.perf_counter()
+    path = find_suite(suite_name)
+    suite = load_suite(path)
+    for data in suite.data:
+        if data.root is not None and not _resolve(data.root).is_dir():
+            raise BenchSkipped(
+                f"bench {suite.name}: skipped: data set {data.root} is not on this machine"
+            )
+    out = Path(out) if out is not None else Path("runs") / "bench" / suite.name
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, float] = {}
+    for data in suite.data:
+        figures |= _run_data(suite, data, path, out / data.name, reporter)
+    record = {
+        "suite": suite.name,
+        "figures": figures,
+        "hardware": hardware(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "seeds": {"seed": suite.seed},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    baseline_path = _resolve(suite.baseline)
+    baseline = load_baseline(baseline_path)
+    tolerances = build_tolerances(suite.tolerances, source=f"{path}: tolerances")
+    comparison = compare(figures, baseline and baseline["figures"], tolerances)
+    record["comparison"] = comparison.to_dict()
+    write_text_atomic(out / "bench.json", json.dumps(record, indent=2, default=_json_default))
+    write_text_atomic(out / "bench.md", bench_markdown(record, comparison))
+    if update_baseline:
+        write_baseline(baseline_path, record)
+    return BenchResult(suite.name, out, record, comparison, time.perf_counter() - started)
+
+
+def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, reporter):
+    from jianmu.data.split import read_manifest
+    from jianmu.data.synth import generate_dataset
+    from jianmu.engine.evaluate import evaluate
+    from jianmu.engine.export import export
+    from jianmu.engine.train import train
+
+    prefix = f"{data.name}."
+    if data.synthetic is not None:
+        root = out / "data"
+        generate_dataset(
+            root, data.synthetic, data.classes, data.per_class, data.size, seed=suite.seed
+        )
+    else:
+        root = _resolve(data.root)
+    recipe = data.recipe if data.recipe.is_absolute() else suite_path.parent / data.recipe
+    config = load_config(recipe, data.set, data__root=root, out=out / "run", seed=suite.seed)
+    clock = time.perf_counter()
+    trained = train(config, reporter=reporter)
+    figures = {"train.seconds": time.perf_counter() - clock}
+    run = trained.run_dir
+    history = (run / "metrics.csv").read_text().splitlines()
+    figures["train.epochs"] = float(len(history) - 1)
+    manifest = run / "manifest.csv"
+    result = evaluate(run, root, out / "eval", config.eval, manifest, "test")
+    report = result.metrics
+    figures |= {
+        "eval.top1": report["top1"],
+        "eval.macro_f1": report["macro_f1"],
+        "eval.ece": report["ece_after"],
+        "eval.ece_before": report["ece_before"],
+    }
+    if result.open_set:
+        figures["eval.known_flagged_unknown"] = result.open_set["known_flagged_unknown"]
+    onnx = export(run, "onnx", out / "model.onnx", config=config.export)
+    figures |= {
+        "export.onnx.top1_agreement": onnx.parity["top1_agreement"],
+        "export.onnx.max_abs_logit_diff": onnx.parity["max_abs_logit_diff"],
+    }
+    bundles = {"onnx": onnx.path}
+    if suite.int8:
+        int8 = export(run, "onnx", out / "model.int8.onnx", int8=True, config=config.export)
+        figures |= {
+            "export.int8.top1_agreement": int8.parity["top1_agreement"],
+            "export.int8.top1_drop_points": int8.parity["int8_top1_drop_points"],
+        }
+        bundles["int8"] = int8.path
+    tests = [(root / r.path, r.label) for r in read_manifest(manifest) if r.split == "test"]
+    figures |= _predict_figures(onnx.path, tests, out, suite)
+    if suite.speed is not None:
+        paths = [path for path, _ in tests]
+        figures |= _speed_figures(run, bundles, paths, suite, figures, out)
+    return {prefix + name: float(value) for name, value in figures.items()}
+
+
+def _predict_figures(bundle: Path, tests: list[tuple[Path, str]], out: Path, suite: BenchSuite):
+    """``jianmu predict`` on the test images listed in a text file, as an inspector runs it."""
+    from jianmu.engine.predict import predict
+
+    listing = out / "test-images.txt"
+    repeats = suite.speed.predict_repeats if suite.speed else 1
+    write_text_atomic(listing, "".join(f"{path.resolve()}\n" for path, _ in tests))
+    result = predict(bundle, [listing] * repeats, out=out / "predictions.csv")
+    truth = {str(path.resolve()): label for path, label in tests}
+    rows = [row for row in result.images if row["status"] == "ok"]
+    correct = [
+        row["top"][0]["class"] == truth.get(str(Path(row["path"]).resolve())) for row in rows
+    ]
+    summary = result.summary
+    return {
+        "predict.images": summary["images"],
+        "predict.failed": summary["failed"],
+        "predict.images_per_s": summary["images_per_s"],
+        "predict.top1": float(np.mean(correct)) if correct else float("nan"),
+    }
+
+
+def _speed_figures(run, bundles, paths, suite: BenchSuite, figures, out: Path) -> dict[str, float]:
+    from jianmu.bundle import load_model
+    from jianmu.data.preprocess import load_preprocessed
+
+    speed = suite.speed
+    onnx = load_model(bundles["onnx"])
+    sample = np.stack([load_preprocessed(p, onnx.spec) for p in paths[: speed.batch_size]])
+    batch = np.ascontiguousarray(np.resize(sample, (speed.batch_size, *sample.shape[1:])))
+    torch_model = load_model(run)
+    result = {
+        "speed.torch_fp32_images_per_s": images_per_second(torch_model.forward, batch, speed),
+        "speed.onnx_fp32_images_per_s": images_per_second(onnx.forward, batch, speed),
+    }
+    result["speed.onnx_over_torch"] = (
+        result["speed.onnx_fp32_images_per_s"] / result["speed.torch_fp32_images_per_s"]
+    )
+    if "int8" in bundles:
+        int8 = load_model(bundles["int8"]).forward
+        result["speed.onnx_int8_images_per_s"] = images_per_second(int8, batch, speed)
+        result["speed.int8_over_fp32"] = (
+            result["speed.onnx_int8_images_per_s"] / result["speed.onnx_fp32_images_per_s"]
+        )
+    result["speed.predict_over_model"] = (
+        figures["predict.images_per_s"] / result["speed.onnx_fp32_images_per_s"]
+    )
+    result |= decode_figures(onnx.spec, speed.large_jpeg, out)
+    return result
+
+
+def images_per_second(forward, batch: np.ndarray, speed) -> float:
+    """Throughput of ``forward`` on one batch, after two warm-up calls."""
+    forward(batch)
+    forward(batch)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < speed.seconds:
+        forward(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - started)
+
+
+def decode_figures(spec, size: tuple[int, int], out: Path, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds to decode + preprocess one large photo-like JPEG: draft vs full decoding."""
+    from PIL import Image
+
+    from jianmu.data.preprocess import load_preprocessed, preprocess
+
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (size[1] // 64, size[0] // 64, 3), dtype=np.uint8)
+    photo = Image.fromarray(coarse).resize(size, Image.BICUBIC)
+    noise = rng.normal(0, 12, (size[1], size[0], 3))
+    pixels = np.clip(np.asarray(photo, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    with tempfile.TemporaryDirectory(dir=out) as folder:
+        path = Path(folder) / "large.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+
+        def full() -> None:
+            with Image.open(path) as image:
+                preprocess(np.asarray(image.convert("RGB")), spec)
+
+        draft = _best_ms(lambda: load_preprocessed(path, spec), repeats)
+        whole = _best_ms(full, repeats)
+    return {
+        "speed.decode_ms_large_jpeg": draft,
+        "speed.decode_full_ms_large_jpeg": whole,
+        "speed.full_over_draft_decode": whole / draft,
+    }
+
+
+def _best_ms(work, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return 1000 * min(times)
+
+
+def bench_markdown(record: dict[str, Any], comparison: Comparison) -> str:
+    hardware_line = ", ".join(f"{k} {v}" for k, v in record["hardware"].items())
+    lines = [
+        f"# bench {record['suite']}",
+        "",
+        f"{record['date']}, commit {record['git_commit']}, {record['seconds']} s; {hardware_line}",
+        "",
+        comparison_markdown(comparison),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def hardware() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gib": memory,
+            "platform": platform.platform()}  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0]}
+    for package in ("jianmu", "torch", "torchvision", "timm", "onnx", "onnxruntime", "numpy",
+                    "albumentations", "opencv-python-headless", "pillow"):  # fmt: skip
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def git_commit() -> str | None:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve())
+
+
+def _resolve(path: Path) -> Path:
+    """A suite path: as given if it exists from here, else relative to the repository."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO / path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)

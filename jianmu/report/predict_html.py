@@ -1,0 +1,429 @@
+"""The one-page HTML report of a prediction run (``jianmu predict --html``).
+
+Written for inspectors: per image the top-3 species with calibrated confidence and an "other" share,
+the verdict (identified, or unknown - refer to lab), the names and the regulatory flags; then the
+specimen roll-up and every file that could not be read. Thumbnails are embedded as data URIs and
+nothing is fetched, so the page opens offline. It stays one plain table (CSS, plus a small inline
+filter script that the page does not need), so thousands of rows remain usable.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jianmu.files import write_text_atomic
+
+IDENTIFIED = "identified"
+UNKNOWN = "unknown - refer to lab"
+FORMAT_NAMES = {
+    "onnx": "ONNX bundle",
+    "torchscript": "TorchScript bundle",
+    "checkpoint": "checkpoint",
+}
+
+
+def write_predict_html(
+    path: str | Path,
+    images: list[dict[str, Any]],
+    specimens: list[dict[str, Any]],
+    summary: dict[str, Any],
+    thumbnails: Mapping[str, bytes],
+) -> Path:
+    """Write the report page to ``path`` (temp file + rename) and return the path.
+
+    Args:
+        images: One record per input file, in input order, unreadable files included.
+        specimens: One record per specimen (combined verdict); empty without specimens.
+        summary: Run totals: model, counts, per-species counts, speed.
+        thumbnails: Image path -> JPEG (or PNG) bytes; a missing path shows a placeholder.
+    """
+    page = _page(images, specimens, summary, thumbnails)
+    return write_text_atomic(path, page)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fraction(value: Any) -> float | None:
+    """A finite number as float, anything else (None, NaN, text) as None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _percent(value: Any) -> str:
+    fraction = _fraction(value)
+    return "–" if fraction is None else f"{fraction:.1%}"
+
+
+def _kind(record: Mapping[str, Any]) -> str:
+    """identified | unknown | failed: the CSS class and filter value of a verdict."""
+    if record.get("verdict") == IDENTIFIED:
+        return "identified"
+    if record.get("verdict") is None:
+        return "failed"
+    return "unknown"
+
+
+def _verdict(record: Mapping[str, Any], unreadable: str) -> str:
+    """The verdict badge; the words are the verdict itself, the colour repeats it."""
+    kind = _kind(record)
+    text = record["verdict"] if kind != "failed" else unreadable
+    return f'<span class="verdict {kind}">{_e(text)}</span>'
+
+
+def _flags(flags: list[str]) -> str:
+    spans = []
+    for flag in flags:
+        kind = "cites" if flag.startswith("CITES") else "quarantine" if "quarantine" in flag else ""
+        spans.append(f'<span class="flag {kind}">{_e(flag)}</span>')
+    return " ".join(spans)
+
+
+def _name(species: str | None, fallback: str) -> str:
+    return f'<i class="sci">{_e(species)}</i>' if species else _e(fallback)
+
+
+def _taxon(record: Mapping[str, Any]) -> str:
+    """Scientific and Chinese name, genus and family of the record's species."""
+    species, chinese = record.get("species"), record.get("chinese_name")
+    if not species and not chinese:
+        return "–"
+    parts = []
+    if record.get("verdict") != IDENTIFIED:
+        parts.append('<span class="note">closest match:</span> ')
+    if species:
+        parts.append(_name(species, ""))
+    if chinese:
+        parts.append(f' <span class="zh" lang="zh-Hans">{_e(chinese)}</span>')
+    ranks = []
+    if record.get("genus"):
+        ranks.append(f"genus <i>{_e(record['genus'])}</i>")
+    if record.get("family"):
+        ranks.append(f"family {_e(record['family'])}")
+    if ranks:
+        parts.append(f'<div class="ranks">{" · ".join(ranks)}</div>')
+    return "".join(parts)
+
+
+def _bars(record: Mapping[str, Any]) -> str:
+    """Top-3 calibrated probabilities and the rest as "other", as labelled horizontal bars."""
+    rows = [
+        (entry.get("species") or entry["class"], entry.get("species"), entry["probability"], "rank")
+        for entry in (record.get("top") or [])[:3]
+    ]
+    if not rows:
+        return "–"
+    rows.append(("other", None, record.get("other", 0.0), "other"))
+    lines = []
+    for name, species, probability, kind in rows:
+        width = min(max(_fraction(probability) or 0.0, 0.0), 1.0) * 100
+        lines.append(
+            f'<div class="bar {kind}"><span class="label" title="{_e(name)}">'
+            f"{_name(species, name)}</span>"
+            f'<span class="track"><span class="fill" style="width:{width:.1f}%"></span></span>'
+            f'<span class="value">{_percent(probability)}</span></div>'
+        )
+    return f'<div class="bars {_kind(record)}">{"".join(lines)}</div>'
+
+
+def _thumbnail(path: str, data: bytes | None, unreadable: bool) -> str:
+    if not data:
+        text = "not readable" if unreadable else "no preview"
+        return f'<div class="thumb none">{text}</div>'
+    mime = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+    encoded = base64.b64encode(data).decode("ascii")
+    name = _e(path.replace("\\", "/").rsplit("/", 1)[-1])
+    return f'<img class="thumb" src="data:{mime};base64,{encoded}" alt="{name}" decoding="async">'
+
+
+def _table(section_id: str, header: list[str], rows: list[str]) -> str:
+    head = "".join(f"<th>{_e(cell)}</th>" for cell in header)
+    return (
+        f'<table id="{section_id}-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
+    model_format = FORMAT_NAMES.get(summary.get("model_format"), summary.get("model_format"))
+    speed, seconds = _fraction(summary.get("images_per_s")), _fraction(summary.get("seconds"))
+    speed_text = "–" if speed is None else f"{speed:.1f} images/s"
+    seconds_text = "–" if seconds is None else f"{seconds:.1f} s"
+    about = (
+        f"Model {_e(summary.get('model', '?'))} ({_e(model_format)}); "
+        f"{_e(summary.get('images', len(images)))} images in {seconds_text} ({speed_text}); "
+        f"test-time augmentation {'on' if summary.get('tta') else 'off'}. "
+        "Probabilities are calibrated; “other” is the share of all remaining classes."
+    )
+    stats = [
+        ("images", summary.get("images", len(images)), "", ""),
+        ("identified", summary.get("identified", 0), "identified", ""),
+        (UNKNOWN, summary.get("unknown", 0), "unknown", ""),
+        ("flagged (regulated)", summary.get("flagged", 0), "flagged", ""),
+        ("could not be read", summary.get("failed", 0), "failed", "#failed"),
+    ]
+    boxes = []
+    for label, count, kind, link in stats:
+        inner = f"<strong>{_e(count)}</strong><span>{_e(label)}</span>"
+        if link and count:
+            inner = f'<a href="{link}">{inner}</a>'
+        boxes.append(f'<div class="stat {kind}">{inner}</div>')
+    parts = [
+        '<section id="summary"><h2>Summary</h2>',
+        f'<p class="about">{about}</p>',
+        f'<div class="stats">{"".join(boxes)}</div>',
+    ]
+    per_species = summary.get("per_species") or {}
+    if per_species:
+        taxa = _taxa_by_class(images)
+        rows = []
+        ranked = sorted(per_species.items(), key=lambda item: (-item[1], str(item[0])))
+        for name, count in ranked:
+            record = taxa.get(name, {})
+            flags = record.get("flags") or []
+            chinese = record.get("chinese_name")
+            rows.append(
+                f'<tr class="{"flagged" if flags else ""}"><td>{_e(name)}</td>'
+                f"<td>{_name(record.get('species'), '–')}</td>"
+                f'<td><span class="zh" lang="zh-Hans">{_e(chinese or "–")}</span></td>'
+                f"<td>{_flags(flags) or '–'}</td><td class='number'>{_e(count)}</td></tr>"
+            )
+        header = ["class", "scientific name", "Chinese name", "flags", "images"]
+        parts += ["<h3>Images per predicted species</h3>", _table("species", header, rows)]
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _taxa_by_class(images: list[dict]) -> dict[str, dict]:
+    """Names and flags of each predicted class, from the first image that names them."""
+    taxa: dict[str, dict] = {}
+    for record in images:
+        top = record.get("top") or []
+        if not top or top[0]["class"] in taxa:
+            continue
+        if record.get("species") and record.get("species") == top[0].get("species"):
+            taxa[top[0]["class"]] = record
+    for record in images:  # classes only ever seen as unknown: at least the scientific name
+        for entry in (record.get("top") or [])[:1]:
+            taxa.setdefault(entry["class"], {"species": entry.get("species")})
+    return taxa
+
+
+def _specimen_section(specimens: list[dict]) -> str:
+    rows = []
+    for record in specimens:
+        flags = record.get("flags") or []
+        kind = _kind(record) + (" flagged" if flags else "")
+        rows.append(
+            f'<tr class="{kind}"><td>{_e(record["specimen"])}</td>'
+            f"<td class='number'>{_e(record.get('ok_images', 0))} of {_e(record['images'])}</td>"
+            f"<td>{_verdict(record, 'no readable image')}</td><td>{_bars(record)}</td>"
+            f"<td>{_taxon(record)}</td><td>{_flags(flags)}</td></tr>"
+        )
+    header = ["specimen", "images read", "verdict", "top-3 (calibrated)", "species", "flags"]
+    return "\n".join(
+        [
+            '<section id="specimens"><h2>Specimens</h2>',
+            f"<p>{len(specimens)} specimen(s); each verdict combines the specimen's readable "
+            "images.</p>",
+            _table("specimens", header, rows),
+            "</section>",
+        ]
+    )
+
+
+def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str]:
+    rows = []
+    for number, record in enumerate(images, start=1):
+        path = str(record["path"])
+        flags = record.get("flags") or []
+        kind = _kind(record)
+        details = []
+        if record.get("specimen"):
+            details.append(f"specimen {_e(record['specimen'])}")
+        verdict = _verdict(record, "could not be read")
+        if kind == "failed":
+            verdict += f'<div class="reason">{_e(record.get("status", ""))}</div>'
+        elif (score := _fraction(record.get("unknown_score"))) is not None:
+            threshold = _fraction(record.get("threshold"))
+            text = f"unknown score {score:.3f}"
+            text += "" if threshold is None else f" (threshold {threshold:.3f})"
+            verdict += f'<div class="score">{text}</div>'
+        rows.append(
+            f'<tr class="{kind}{" flagged" if flags else ""}" '
+            f'data-kind="{kind}{" flagged" if flags else ""}">'
+            f"<td class='number'>{number}</td>"
+            f"<td>{_thumbnail(path, thumbnails.get(path), kind == 'failed')}</td>"
+            f'<td class="file">{_e(path)}<div class="specimen">{" ".join(details)}</div></td>'
+            f"<td>{verdict}</td><td>{_bars(record)}</td><td>{_taxon(record)}</td>"
+            f"<td>{_flags(flags)}</td></tr>"
+        )
+    return rows
+
+
+def _image_section(images: list[dict], thumbnails: Mapping[str, bytes]) -> str:
+    counts = {kind: 0 for kind in ("identified", "unknown", "flagged", "failed")}
+    for record in images:
+        counts[_kind(record)] += 1
+        counts["flagged"] += bool(record.get("flags"))
+    labels = {
+        "identified": IDENTIFIED,
+        "unknown": UNKNOWN,
+        "flagged": "flagged",
+        "failed": "could not be read",
+    }
+    options = [f'<option value="">all ({len(images)})</option>']
+    options += [
+        f'<option value="{kind}">{_e(labels[kind])} ({count})</option>'
+        for kind, count in counts.items()
+    ]
+    toolbar = (
+        '<div class="toolbar" hidden><label>show <select id="show">'
+        f"{''.join(options)}</select></label> "
+        '<input id="find" type="search" placeholder="find file, species, flag ..."> '
+        '<span id="shown"></span></div>'
+    )
+    header = ["#", "image", "file", "verdict", "top-3 (calibrated)", "species", "flags"]
+    return "\n".join(
+        [
+            '<section id="images"><h2>Images</h2>',
+            toolbar,
+            _table("images", header, _image_rows(images, thumbnails)),
+            "</section>",
+        ]
+    )
+
+
+def _failed_section(images: list[dict]) -> str:
+    failed = [record for record in images if _kind(record) == "failed"]
+    parts = ['<section id="failed"><h2>Files that could not be read</h2>']
+    if not failed:
+        parts.append("<p>None: every file was read.</p>")
+    else:
+        parts.append(
+            f"<p>{len(failed)} file(s) could not be read and have no prediction. "
+            "Photograph these again or check the files.</p>"
+        )
+        rows = [
+            f'<tr class="failed"><td class="file">{_e(record["path"])}</td>'
+            f"<td>{_e(record.get('status', ''))}</td><td>{_e(record.get('specimen') or '–')}</td>"
+            "</tr>"
+            for record in failed
+        ]
+        parts.append(_table("failed", ["file", "reason", "specimen"], rows))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 14px/1.45 system-ui, "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", sans-serif;
+       max-width: 1280px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; margin-top: 2em; }
+h3 { font-size: 1em; margin-top: 1.4em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 13px; width: 100%; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; position: sticky; top: 0; z-index: 1; }
+tr:nth-child(even) td { background: #fafafa; }
+td.number { text-align: right; white-space: nowrap; } td.file { overflow-wrap: anywhere; }
+tr.flagged td:first-child { box-shadow: inset 4px 0 #c62828; }
+tr.failed td { background: #fdf3f3; }
+.about { color: #444; }
+.stats { display: flex; flex-wrap: wrap; gap: 10px; margin: 1em 0; }
+.stat { border: 1px solid #ddd; border-radius: 6px; padding: 6px 14px; min-width: 9em; }
+.stat a { color: inherit; text-decoration: none; }
+.stat strong { display: block; font-size: 1.6em; }
+.stat.identified { border-color: #2e7d32; } .stat.unknown { border-color: #e65100; }
+.stat.flagged { border-color: #c62828; } .stat.failed { border-color: #757575; }
+.verdict { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600;
+           white-space: nowrap; }
+.verdict.identified { background: #2e7d32; color: #fff; }
+.verdict.identified::before { content: "\\2714\\00a0"; }
+.verdict.unknown { background: #ffb74d; color: #3e2000; border: 1px dashed #e65100; }
+.verdict.unknown::before { content: "?\\00a0"; }
+.verdict.failed { background: #616161; color: #fff; }
+.reason { color: #b71c1c; font-weight: 600; } .score, .specimen, .ranks, .note { color: #666; }
+.score, .specimen, .ranks { font-size: 12px; }
+.flag { display: inline-block; margin: 1px 0; padding: 0 6px; border-radius: 3px; font-weight: 600;
+        background: #fff3c4; color: #5d4300; border: 1px solid #e0b400; white-space: nowrap; }
+.flag.cites { background: #c62828; color: #fff; border-color: #8e0000; }
+.flag.quarantine { background: #6a1b9a; color: #fff; border-color: #38006b; }
+.thumb { display: block; width: 96px; height: 96px; object-fit: contain; background: #f4f4f4;
+         border: 1px solid #eee; }
+.thumb.none { display: flex; align-items: center; justify-content: center; color: #888;
+              font-size: 11px; text-align: center; }
+.bars { min-width: 300px; }
+.bar { display: grid; grid-template-columns: minmax(9em, 14em) 1fr 4em; gap: 6px;
+       align-items: center; font-size: 12px; }
+.bar .label { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.bar .track { background: #eee; height: 10px; border-radius: 2px; overflow: hidden; }
+.bar .fill { display: block; height: 100%; background: #78909c; }
+.bar .value { text-align: right; font-variant-numeric: tabular-nums; }
+.bars.identified .bar:first-child .fill { background: #2e7d32; }
+.bars.unknown .bar:first-child .fill { background: #e65100; }
+.bar.other { color: #777; } .bar.other .fill { background: #bdbdbd; }
+.zh { white-space: nowrap; }
+.toolbar { margin: 0.6em 0; } .toolbar input { width: 22em; } #shown { color: #666; }
+"""
+
+# Optional: the page reads the same without it (the toolbar stays hidden).
+_SCRIPT = """
+(() => {
+  const rows = [...document.querySelectorAll("#images-table tbody tr")];
+  const texts = rows.map((row) => row.textContent.toLowerCase());
+  const show = document.getElementById("show"), find = document.getElementById("find");
+  const shown = document.getElementById("shown");
+  const apply = () => {
+    const kind = show.value, needle = find.value.trim().toLowerCase();
+    let count = 0;
+    rows.forEach((row, i) => {
+      const visible = (!kind || row.dataset.kind.split(" ").includes(kind)) &&
+        (!needle || texts[i].includes(needle));
+      row.hidden = !visible;
+      count += visible;
+    });
+    shown.textContent = `${count} of ${rows.length} shown`;
+  };
+  show.addEventListener("change", apply);
+  find.addEventListener("input", apply);
+  document.querySelector("#images .toolbar").hidden = false;
+  apply();
+})();
+"""
+
+
+def _page(
+    images: list[dict],
+    specimens: list[dict],
+    summary: Mapping[str, Any],
+    thumbnails: Mapping[str, bytes],
+) -> str:
+    title = _e(f"Prediction: {summary.get('model', '')}")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{title}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{title}</h1>",
+        _summary_section(images, summary),
+    ]
+    if specimens:
+        parts.append(_specimen_section(specimens))
+    parts += [
+        _image_section(images, thumbnails),
+        _failed_section(images),
+        f"<script>{_SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
