@@ -253,6 +253,9 @@ class OnnxBundle(ModelBundle):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: no notes about unused initializers
         options.intra_op_num_threads = threads
+        # No busy-waiting between batches: the image-decoding threads need those cores
+        # (end-to-end predict +10-15% on 2 cores, model-only speed unchanged).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 model if model is not None else str(path), options, ["CPUExecutionProvider"]

@@ -139,7 +139,7 @@ class ExportConfig(_Strict):
     int8: bool = False
     min_top1_agreement: float = Field(default=0.995, ge=0.0, le=1.0)
     int8_max_top1_drop: float = Field(default=1.0, ge=0.0, description="percentage points")
-    calibration_images: int = Field(default=128, ge=1, description="int8: training images")
+    calibration_images: int = Field(default=512, ge=1, description="int8: training images")
     parity_images: int = Field(default=1000, ge=1, description="validation images compared")
     max_logit_difference: float = Field(
         default=1e-3, gt=0, description="fp32: on random tensors, relative to the logit range"
