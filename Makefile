@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job on a generated (synthetic, clearly labelled) sample:
-# data -> audit -> split -> augmentation preview -> train -> evaluate.
+# data -> audit -> split -> augmentation preview -> train -> evaluate -> export -> predict.
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/jianmu data synth $(DEMO)/data --domain wood --classes 5 --per-class 40 --specimens 8 --seed 0
@@ -27,7 +27,12 @@ demo: install
 		--out $(DEMO)/run --quiet
 	$(BIN)/jianmu eval $(DEMO)/run --data $(DEMO)/data --manifest $(DEMO)/manifest.csv --split test \
 		--out $(DEMO)/eval
-	@echo "demo outputs in $(DEMO)/: audit.json manifest.csv preview.png run/ eval/report.html"
+	$(BIN)/jianmu export $(DEMO)/run --format onnx
+	$(BIN)/jianmu export $(DEMO)/run --format onnx --int8
+	$(BIN)/jianmu predict $(DEMO)/run/model.int8.onnx $(DEMO)/data/* --out $(DEMO)/predictions.csv \
+		--html $(DEMO)/predictions.html
+	@echo "demo outputs in $(DEMO)/: audit.json manifest.csv preview.png run/ eval/report.html" \
+		"run/model.onnx run/model.int8.onnx predictions.csv predictions.html"
 
 test: install
 	$(BIN)/pytest -q

@@ -358,10 +358,12 @@ def auroc_known_vs_unknown(scores_known: np.ndarray, scores_unknown: np.ndarray)
 
 
 def threshold_for_recall(scores_known: np.ndarray, target_recall: float) -> float:
-    """Largest threshold t with at least ``target_recall`` of the known scores >= t.
+    """A threshold t with at least ``target_recall`` of the known scores >= t.
 
     On the scores it was fit on, accepting ``score >= t`` keeps at least the target recall (more
-    when scores tie at t). ``target_recall=1`` gives the lowest known score.
+    when scores tie). t lies halfway between the last score kept and the next one below it, so
+    the tiny differences between backends and devices (fp32 on CPU, GPU or onnxruntime) do not
+    move an image across it. ``target_recall=1`` gives the lowest known score.
     """
     scores = _vector(scores_known, "known scores")
     if not 0 < target_recall <= 1:
@@ -370,7 +372,10 @@ def threshold_for_recall(scores_known: np.ndarray, target_recall: float) -> floa
     # (a plain ceil(0.7 * 10) gives 8).
     fractions = np.arange(1, len(scores) + 1) / len(scores)
     needed = int(np.searchsorted(fractions, target_recall, side="left")) + 1
-    return float(np.sort(scores)[::-1][needed - 1])
+    ordered = np.sort(scores)[::-1]
+    if needed == len(ordered):
+        return float(ordered[-1])
+    return float((ordered[needed - 1] + ordered[needed]) / 2)
 
 
 def open_set_report(

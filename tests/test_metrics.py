@@ -385,27 +385,34 @@ def test_auroc_known_vs_unknown():
 
 
 def test_threshold_for_recall_by_hand():
+    # halfway between the last score kept and the next one down: robust to tiny differences
     scores = np.array([0.1, 0.4, 0.35, 0.8, 0.9])  # descending: .9 .8 .4 .35 .1
-    assert threshold_for_recall(scores, 0.6) == 0.4  # 3 of 5 needed -> third highest
-    assert threshold_for_recall(scores, 0.61) == 0.35  # 3.05 -> 4 of 5 needed
+    assert threshold_for_recall(scores, 0.6) == pytest.approx(0.375)  # 3 of 5: keep .4, not .35
+    assert threshold_for_recall(scores, 0.61) == pytest.approx(0.225)  # 3.05 -> 4 of 5 needed
     assert threshold_for_recall(scores, 1.0) == 0.1  # everything -> the minimum
-    assert threshold_for_recall(scores, 0.01) == 0.9  # one needed -> the maximum
+    assert threshold_for_recall(scores, 0.01) == pytest.approx(0.85)  # one needed
     # 0.7 * 10 is 7.000000000000001 in floating point, yet 7 of 10 is enough
-    assert threshold_for_recall(np.arange(10.0), 0.7) == 3.0
+    assert threshold_for_recall(np.arange(10.0), 0.7) == 2.5
     # ties: 2 of 4 needed; t = 0.5 keeps 3 of 4, and any t above 0.5 keeps none
     assert threshold_for_recall(np.array([0.5, 0.5, 0.5, 0.2]), 0.5) == 0.5
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_threshold_for_recall_is_the_largest_that_reaches_the_target(seed):
+def test_threshold_for_recall_keeps_the_fewest_images_that_reach_the_target(seed):
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 8, size=rng.integers(1, 40)).astype(float)  # many ties
     for target in (0.05, 0.5, 0.7, 0.9, 0.95, 1.0, rng.random()):
         threshold = threshold_for_recall(scores, target)
         assert np.mean(scores >= threshold) >= target
-        above = scores[scores > threshold]
-        if len(above):  # the next score up would miss the target
+        kept = scores[scores >= threshold]
+        above = scores[scores > kept.min()]
+        if len(above):  # keeping one distinct score fewer would miss the target
             assert np.mean(scores >= above.min()) < target
+        below = scores[scores < threshold]
+        if len(below) and threshold not in scores:  # halfway to the next score down
+            assert threshold == pytest.approx((below.max() + kept.min()) / 2)
+        elif len(below):  # on a score only when that score is tied with the next one down
+            assert np.sum(scores == threshold) >= 2
 
 
 def test_threshold_for_recall_rejects_bad_targets():

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from jianmu.data.dataset import TolerantImageDataset
 from jianmu.data.spec import TransformSpec
 from jianmu.data.transforms import build_spec_transform
-from jianmu.engine.runtime import autocast, resolve_amp_dtype
+from jianmu.engine.runtime import autocast
 
 # The 8 symmetries of a square: end-grain and seed photos have no "up", so each is a valid view.
 DIHEDRAL_VIEWS = 8
@@ -77,9 +77,10 @@ def collect_outputs(
     views: int = 1,
     cache: bool = False,
 ) -> Outputs:
-    """Outputs of ``model`` on ``(path, label)`` items with the eval transform of ``spec``."""
+    """Outputs of ``model`` on ``(path, label)`` items with the eval transform of ``spec``, in fp32:
+    calibration and thresholds are fitted here and must hold for the fp32 bundles that predict."""
     decode_size = math.ceil(spec.input_size / spec.crop_pct)
     dataset = TolerantImageDataset(items, build_spec_transform(spec), decode_size, cache=cache)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
     device = next(model.parameters()).device
-    return predict_outputs(model, loader, device, resolve_amp_dtype("auto", device), views)
+    return predict_outputs(model, loader, device, None, views)

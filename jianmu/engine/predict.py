@@ -395,7 +395,8 @@ class _Labels:
             "verdict": IDENTIFIED if prediction.known[row] else UNKNOWN_VERDICT,
             "top": top,
             "other": _other(probabilities[best]),
-            "unknown_score": None if np.isnan(score) else round(score, 6),
+            # unrounded, so that the verdict reads as score >= threshold from the file alone
+            "unknown_score": None if np.isnan(score) else score,
             "threshold": self.threshold,
             **self.details(top[0]["class"]),
         }
