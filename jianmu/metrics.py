@@ -363,7 +363,8 @@ def threshold_for_recall(scores_known: np.ndarray, target_recall: float) -> floa
     On the scores it was fit on, accepting ``score >= t`` keeps at least the target recall (more
     when scores tie). t lies halfway between the last score kept and the next one below it, so
     the tiny differences between backends and devices (fp32 on CPU, GPU or onnxruntime) do not
-    move an image across it. ``target_recall=1`` gives the lowest known score.
+    move an image across it. With every score needed (``target_recall=1``), t lies as far below
+    the lowest score as halfway to the next one up.
     """
     scores = _vector(scores_known, "known scores")
     if not 0 < target_recall <= 1:
@@ -373,9 +374,10 @@ def threshold_for_recall(scores_known: np.ndarray, target_recall: float) -> floa
     fractions = np.arange(1, len(scores) + 1) / len(scores)
     needed = int(np.searchsorted(fractions, target_recall, side="left")) + 1
     ordered = np.sort(scores)[::-1]
-    if needed == len(ordered):
-        return float(ordered[-1])
-    return float((ordered[needed - 1] + ordered[needed]) / 2)
+    if needed < len(ordered):
+        return float((ordered[needed - 1] + ordered[needed]) / 2)
+    margin = (ordered[-2] - ordered[-1]) / 2 if len(ordered) > 1 else 0.0
+    return float(ordered[-1] - margin)
 
 
 def open_set_report(

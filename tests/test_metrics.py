@@ -389,7 +389,7 @@ def test_threshold_for_recall_by_hand():
     scores = np.array([0.1, 0.4, 0.35, 0.8, 0.9])  # descending: .9 .8 .4 .35 .1
     assert threshold_for_recall(scores, 0.6) == pytest.approx(0.375)  # 3 of 5: keep .4, not .35
     assert threshold_for_recall(scores, 0.61) == pytest.approx(0.225)  # 3.05 -> 4 of 5 needed
-    assert threshold_for_recall(scores, 1.0) == 0.1  # everything -> the minimum
+    assert threshold_for_recall(scores, 1.0) == pytest.approx(-0.025)  # all: below the minimum
     assert threshold_for_recall(scores, 0.01) == pytest.approx(0.85)  # one needed
     # 0.7 * 10 is 7.000000000000001 in floating point, yet 7 of 10 is enough
     assert threshold_for_recall(np.arange(10.0), 0.7) == 2.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,4 +84,16 @@ def collect_outputs(
     dataset = TolerantImageDataset(items, build_spec_transform(spec), decode_size, cache=cache)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
     device = next(model.parameters()).device
-    return predict_outputs(model, loader, device, None, views)
+    with _ieee_fp32():
+        return predict_outputs(model, loader, device, None, views)
+
+
+@contextmanager
+def _ieee_fp32():
+    """No TF32 on GPUs: its 10-bit mantissa moves scores by 1e-4, more than a threshold allows."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
