@@ -504,19 +504,20 @@ def export_command(
     """
     from jianmu.config import load_config
     from jianmu.engine.export import ExportCheckError, export
-    from jianmu.models import read_checkpoint_meta
     from jianmu.report.console import export_table
 
-    stored = read_checkpoint_meta(model).get("config", {})
-    base = {"export": stored["export"]} if "export" in stored else None
-    config = load_config(config_path, overrides or [], base=base)
+    # Export settings come from --config / --set, not from the training run's stored config: that
+    # holds every default of the jianmu that trained it, which would pin outdated ones.
+    config = load_config(config_path, overrides or [])
     try:
         result = export(model, format, out, int8, data, manifest, config.export)
     except ExportCheckError as error:
-        console.print(export_table(error.parity, None))
+        console.print(export_table(error.parity))
         error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FINDINGS) from None
-    console.print(export_table(result.parity, result))
+    console.print(export_table(result.parity))
+    size = f"{result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
+    console.print(f"exported {result.path} ({size})", highlight=False, soft_wrap=True)
 
 
 @app.command("bench")

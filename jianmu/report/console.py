@@ -359,12 +359,9 @@ def eval_summary(result, out) -> Table:
     return table
 
 
-def export_table(parity: dict, result=None) -> Table:
-    """Parity figures of an export (exported vs PyTorch), and where the bundle went."""
-    title = "export refused" if result is None else f"exported {result.path}"
-    if result is not None:
-        title += f" ({result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s)"
-    table = Table(title=title, title_justify="left")
+def export_table(parity: dict) -> Table:
+    """Parity figures of an export: the exported model against PyTorch."""
+    table = Table(title="parity: exported vs PyTorch", title_justify="left")
     table.add_column("parity check")
     table.add_column("value", justify="right")
     rows = [
