@@ -29,7 +29,7 @@ demo: install
 		--out $(DEMO)/eval
 	$(BIN)/jianmu export $(DEMO)/run --format onnx
 	$(BIN)/jianmu export $(DEMO)/run --format onnx --int8
-	$(BIN)/jianmu predict $(DEMO)/run/model.int8.onnx $(DEMO)/data/* --out $(DEMO)/predictions.csv \
+	$(BIN)/jianmu predict $(DEMO)/run/model.int8.onnx $(DEMO)/data/*/ --out $(DEMO)/predictions.csv \
 		--html $(DEMO)/predictions.html
 	@echo "demo outputs in $(DEMO)/: audit.json manifest.csv preview.png run/ eval/report.html" \
 		"run/model.onnx run/model.int8.onnx predictions.csv predictions.html"
