@@ -72,3 +72,16 @@ def test_the_onnx_inference_path_imports_no_heavy_library_at_module_level():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", light
+
+
+def test_public_api_resolves_lazily_without_torch():
+    code = (
+        "import sys, jianmu\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert callable(jianmu.load_model) and 'torch' not in sys.modules\n"
+        "names = ['load_config', 'train', 'evaluate', 'export', 'predict', 'bench']\n"
+        "print(all(callable(getattr(jianmu, name)) for name in names))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"

@@ -162,9 +162,9 @@ def test_loading_an_onnx_bundle_does_not_import_torch(run, tmp_path):
     code = f"""
 import sys
 import numpy as np
-from jianmu.bundle import load_model
+import jianmu
 from jianmu.data.preprocess import load_preprocessed
-bundle = load_model({str(path)!r})
+bundle = jianmu.load_model({str(path)!r})
 prediction = bundle.predict(load_preprocessed({str(image)!r}, bundle.spec)[None], views=8)
 assert prediction.probabilities.shape == (1, 3)
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "albumentations")))
