@@ -324,16 +324,6 @@ def load_model(path: str | Path, device: str = "cpu") -> ModelBundle:
     )
 
 
-def read_model_meta(path: str | Path) -> dict[str, Any]:
-    """A model's metadata document; a checkpoint's from its header alone."""
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".safetensors":
-        from jianmu.models import read_checkpoint_meta
-
-        return read_checkpoint_meta(path)
-    return load_model(path).meta
-
-
 def _load_checkpoint(path: Path, device: str) -> TorchBundle:
     from jianmu.models import OutputsModule, load_checkpoint
 

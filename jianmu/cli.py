@@ -379,18 +379,19 @@ def eval_command(
         return
     if model is None:
         raise JianmuError("give a MODEL (run folder, checkpoint or bundle), or --open-set CONFIG")
-    from jianmu.bundle import read_model_meta
+    from jianmu.bundle import load_model
 
+    bundle = load_model(model)  # loaded once: its settings here, then evaluated
     # The model's own settings (TTA, specimen roll-up) unless --config, --set or --tta differ.
-    stored = read_model_meta(model).get("config", {})
-    base = {key: stored[key] for key in ("eval", "data") if key in stored}
+    stored = bundle.meta.get("config", {})
+    base = {key: dict(stored[key]) for key in ("eval", "data") if key in stored}
     base.get("data", {}).pop("root", None)
     base.get("data", {}).pop("manifest", None)
     config = load_config(config_path, overrides or [], base=base, eval__tta=tta)
     from jianmu.engine.evaluate import evaluate
     from jianmu.report.console import eval_summary
 
-    result = evaluate(model, data, out, config.eval, manifest, split, config.data.specimen_pattern)
+    result = evaluate(bundle, data, out, config.eval, manifest, split, config.data.specimen_pattern)
     console.print(eval_summary(result, out))
 
 

@@ -37,8 +37,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
-    """:func:`atomic_write` of a text."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+    """:func:`atomic_write` of a text, as is (no newline translation)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding, newline=""))
 
 
 def _umask() -> int:

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 from jianmu.bundle import load_model
 from jianmu.data.preprocess import load_preprocessed
 from jianmu.data.split import read_manifest
+from jianmu.engine.bench import fill_batch, images_per_second
 from jianmu.engine.export import export
 from jianmu.models import OutputsModule, load_checkpoint
 
@@ -73,13 +73,13 @@ def main() -> None:
         "onnxruntime fp32": lambda batch: bundles["onnx"].forward(batch)[0],
         "onnxruntime int8 (static QDQ)": lambda batch: bundles["onnx-int8"].forward(batch)[0],
     }
-    batch = _batch(images, args.batch)
+    batch = fill_batch(images, args.batch)
     results = []
     for name, run in backends.items():
         steps = range(0, len(images), args.batch)
         logits = np.concatenate([run(images[i : i + args.batch]) for i in steps])
         top1 = float((logits.argmax(1) == targets).mean())
-        speed = _images_per_second(run, batch, args.seconds)
+        speed = images_per_second(run, batch, args.seconds)
         results.append({"backend": name, "images_per_s": speed, "top1": top1})
         print(f"{name}: {speed:.1f} images/s, top-1 {top1:.4f}", flush=True)
 
@@ -97,21 +97,6 @@ def main() -> None:
         document = {"model": checkpoint.meta["model_name"], "input_size": spec.input_size,
                     "batch": args.batch, "images": len(rows), "results": results}  # fmt: skip
         args.json.write_text(json.dumps(document, indent=2))
-
-
-def _batch(images: np.ndarray, size: int) -> np.ndarray:
-    repeats = -(-size // len(images))
-    return np.ascontiguousarray(np.concatenate([images] * repeats)[:size])
-
-
-def _images_per_second(run, batch: np.ndarray, seconds: float) -> float:
-    run(batch)  # warm-up: graph optimisation, allocations
-    run(batch)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        run(batch)
-        done += len(batch)
-    return done / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import os
 import re
-import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+
+from placing import place
 
 SPLITS = ("train", "val", "test")
 _CLASS_LINE = re.compile(r"^\s*(\d+)\s+(.*?)\s*$")
@@ -128,28 +128,6 @@ def resolve_label_base(labels: set[int], num_classes: int, requested: str) -> in
     if max(labels) == num_classes:
         return 1
     raise ValueError("cannot tell whether labels start at 0 or 1; pass --label-base")
-
-
-def place(source: Path, target: Path, how: str) -> bool:
-    """Link or copy ``source`` to ``target``; False when an identical entry is already there."""
-    if target.exists() or target.is_symlink():
-        if target.exists() and os.path.samefile(source, target):
-            return False
-        raise FileExistsError(f"{target} exists and is a different file")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if how == "copy":
-        shutil.copy2(source, target)
-    elif how == "symlink":
-        target.symlink_to(source.resolve())
-    else:
-        try:
-            os.link(source, target)
-        except OSError as error:
-            raise OSError(
-                f"cannot hard-link {source} -> {target} ({error.strerror}); "
-                "SRC and DST may be on different file systems: use --symlink or --copy"
-            ) from None
-    return True
 
 
 def sha256_of(path: Path) -> str:

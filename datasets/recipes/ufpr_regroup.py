@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
+
+from placing import place
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 # Class = everything before the trailing number, separators trimmed.
@@ -92,28 +93,6 @@ def plan_targets(
             target_dir = target_dir / clean_part(specimen)
         plan.append((image, target_dir / image.name))
     return plan, unmatched
-
-
-def place(source: Path, target: Path, how: str) -> bool:
-    """Link or copy ``source`` to ``target``; False when an identical entry is already there."""
-    if target.exists() or target.is_symlink():
-        if target.exists() and os.path.samefile(source, target):
-            return False
-        raise FileExistsError(f"{target} exists and is a different file")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if how == "copy":
-        shutil.copy2(source, target)
-    elif how == "symlink":
-        target.symlink_to(source.resolve())
-    else:
-        try:
-            os.link(source, target)
-        except OSError as error:
-            raise OSError(
-                f"cannot hard-link {source} -> {target} ({error.strerror}); "
-                "SRC and DST may be on different file systems: use --symlink or --copy"
-            ) from None
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,18 +218,18 @@ def _speed_figures(run, bundles, paths, suite: BenchSuite, figures, out: Path) -
     speed = suite.speed
     onnx = load_model(bundles["onnx"])
     sample = np.stack([load_preprocessed(p, onnx.spec) for p in paths[: speed.batch_size]])
-    batch = np.ascontiguousarray(np.resize(sample, (speed.batch_size, *sample.shape[1:])))
-    torch_model = load_model(run)
+    batch = fill_batch(sample, speed.batch_size)
+    seconds = speed.seconds
     result = {
-        "speed.torch_fp32_images_per_s": images_per_second(torch_model.forward, batch, speed),
-        "speed.onnx_fp32_images_per_s": images_per_second(onnx.forward, batch, speed),
+        "speed.torch_fp32_images_per_s": images_per_second(load_model(run).forward, batch, seconds),
+        "speed.onnx_fp32_images_per_s": images_per_second(onnx.forward, batch, seconds),
     }
     result["speed.onnx_over_torch"] = (
         result["speed.onnx_fp32_images_per_s"] / result["speed.torch_fp32_images_per_s"]
     )
     if "int8" in bundles:
         int8 = load_model(bundles["int8"]).forward
-        result["speed.onnx_int8_images_per_s"] = images_per_second(int8, batch, speed)
+        result["speed.onnx_int8_images_per_s"] = images_per_second(int8, batch, seconds)
         result["speed.int8_over_fp32"] = (
             result["speed.onnx_int8_images_per_s"] / result["speed.onnx_fp32_images_per_s"]
         )
@@ -240,15 +240,20 @@ def _speed_figures(run, bundles, paths, suite: BenchSuite, figures, out: Path) -
     return result
 
 
-def images_per_second(forward, batch: np.ndarray, speed) -> float:
-    """Throughput of ``forward`` on one batch, after two warm-up calls."""
+def images_per_second(forward, batch: np.ndarray, seconds: float) -> float:
+    """Throughput of ``forward`` on one batch for ``seconds``, after two warm-up calls."""
     forward(batch)
     forward(batch)
     done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < speed.seconds:
+    while time.perf_counter() - started < seconds:
         forward(batch)
         done += len(batch)
     return done / (time.perf_counter() - started)
+
+
+def fill_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """``size`` images, repeating ``images`` as often as needed."""
+    return np.ascontiguousarray(np.resize(images, (size, *images.shape[1:])))
 
 
 def decode_figures(spec, size: tuple[int, int], out: Path, repeats: int = 5) -> dict[str, float]:

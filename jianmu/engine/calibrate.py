@@ -32,7 +32,7 @@ def calibrate_checkpoint(
     checkpoint = load_checkpoint(path)
     model = checkpoint.build_model().to(device)
     views = DIHEDRAL_VIEWS if config.tta else 1
-    train = _subset(items["train"], MAX_KNN_BANK, seed)
+    train = seeded_subset(items["train"], MAX_KNN_BANK, seed)
     train_outputs = collect_outputs(model, train, checkpoint.preprocessing, views=views)
     val_outputs = collect_outputs(model, items["val"], checkpoint.preprocessing, views=views)
     fitted = fit_scorer(train_outputs, val_outputs)
@@ -41,7 +41,7 @@ def calibrate_checkpoint(
     targets = val_outputs.targets
     ece_before = metrics.expected_calibration_error(metrics.softmax(val_outputs.logits), targets)
     calibrated = metrics.softmax(val_outputs.logits, scorer.temperature)
-    thresholds = _thresholds(scorer, val_outputs, config.target_known_recall)
+    thresholds = rule_thresholds(scorer, val_outputs, config.target_known_recall)
     record = {
         "calibration": {
             "temperature": scorer.temperature,
@@ -69,16 +69,19 @@ def calibrate_checkpoint(
         )
         record["calibration"]["single_view"] = {
             "temperature": one_view.temperature,
-            "thresholds": _thresholds(one_view, single, config.target_known_recall),
+            "thresholds": rule_thresholds(one_view, single, config.target_known_recall),
         }
     save_checkpoint(path, checkpoint.state_dict, {**checkpoint.meta, **record}, tensors)
     return record
 
 
-def _thresholds(scorer: OpenSetScorer, outputs, target_recall: float) -> dict[str, float]:
+def rule_thresholds(scorer: OpenSetScorer, outputs, target_recall: float) -> dict[str, float]:
+    """Each rule's threshold for ``target_recall`` of ``outputs`` (known images); ``knn`` only
+    when the scorer holds its bank (bundles keep it for the ``knn`` rule alone)."""
     return {
         rule: metrics.threshold_for_recall(scorer.score(rule, outputs), target_recall)
         for rule in RULES
+        if rule != "knn" or scorer.knn is not None
     }
 
 
@@ -97,7 +100,8 @@ def _tensors(scorer: OpenSetScorer) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.asarray(a, dtype=np.float32)) for name, a in arrays.items()}
 
 
-def _subset(items: list, limit: int, seed: int) -> list:
+def seeded_subset(items: list, limit: int, seed: int = 0) -> list:
+    """At most ``limit`` of ``items``, drawn with ``seed``, in their original order."""
     if len(items) <= limit:
         return items
     chosen = np.random.default_rng(seed).choice(len(items), limit, replace=False)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from jianmu import metrics
-from jianmu.bundle import DIHEDRAL_VIEWS, load_model
+from jianmu.bundle import DIHEDRAL_VIEWS, ModelBundle, load_model
 from jianmu.config import IMAGE_EXTENSIONS, EvalConfig
 from jianmu.data.samples import find_samples
 from jianmu.data.split import read_manifest
@@ -65,7 +65,7 @@ class EvalResult:
 
 
 def evaluate(
-    model_path: str | Path,
+    model_path: str | Path | ModelBundle,
     data: str | Path,
     out: str | Path,
     config: EvalConfig | None = None,
@@ -77,7 +77,7 @@ def evaluate(
     a manifest); write the report to ``out``. Images of species the model does not know measure the
     unknown rule; unreadable images are listed, not fatal."""
     config = config or EvalConfig()
-    bundle = load_model(model_path)
+    bundle = model_path if isinstance(model_path, ModelBundle) else load_model(model_path)
     classes = bundle.classes
     labelled = _find_items(Path(data), manifest, split, specimen_pattern)
     index = {name: i for i, name in enumerate(classes)}
@@ -115,7 +115,7 @@ def evaluate(
     }
     counts = metrics.confusion(predictions, targets, len(classes))
     result = EvalResult(
-        model=str(model_path),
+        model=str(bundle.path),
         data=str(data),
         split=split if manifest else "all",
         classes=classes,

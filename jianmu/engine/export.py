@@ -50,10 +50,10 @@ from jianmu.data.preprocess import decode_size
 from jianmu.data.samples import find_samples
 from jianmu.data.split import read_manifest
 from jianmu.data.transforms import build_spec_transform
+from jianmu.engine.calibrate import rule_thresholds, seeded_subset
 from jianmu.engine.runner import bundle_outputs
 from jianmu.errors import JianmuError
 from jianmu.models import Checkpoint, OutputsModule, atomic_write, load_checkpoint
-from jianmu.scoring import RULES
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}
 RANDOM_BATCH = 8
@@ -113,7 +113,7 @@ def export(
             f"{model_path}: no validation images to check the export against; pass --data ROOT "
             f"(and --manifest CSV) pointing at the training data"
         )
-    val = _first(items["val"], config.parity_images)
+    val = seeded_subset(items["val"], config.parity_images)
     module = OutputsModule(checkpoint.build_model()).eval()
     reference = _reference_logits(module, checkpoint, val)
     meta = _bundle_meta(checkpoint, model_path, config)
@@ -121,7 +121,8 @@ def export(
     if format == "onnx":
         fp32 = _onnx_bytes(module, checkpoint, config.opset)
         model_bytes = _quantize(fp32, items["train"], checkpoint, config) if int8 else fp32
-        proto = _with_metadata(model_bytes, meta, statistics)
+        proto = _onnx_proto(model_bytes)
+        _set_metadata(proto, meta, statistics)
         bundle: ModelBundle = OnnxBundle(out, model=proto.SerializeToString())
     else:
         traced = _trace(module, checkpoint)
@@ -132,7 +133,7 @@ def export(
     if int8 and bundle.scorer is not None and "unknown" in meta:
         _refit_thresholds(bundle, meta, val, checkpoint)
     if format == "onnx":
-        proto = _with_metadata(model_bytes, meta, statistics)
+        _set_metadata(proto, meta, statistics)  # now with the parity figures
         atomic_write(out, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
     else:
         extra = {
@@ -174,13 +175,6 @@ def _items(model_path: Path, checkpoint: Checkpoint, data, manifest) -> dict[str
 def _config_root(checkpoint: Checkpoint) -> Path | None:
     root = ((checkpoint.meta.get("config") or {}).get("data") or {}).get("root")
     return Path(root) if root else None
-
-
-def _first(items: list, limit: int) -> list:
-    if len(items) <= limit:
-        return items
-    chosen = np.random.default_rng(0).choice(len(items), limit, replace=False)
-    return [items[i] for i in sorted(chosen)]
 
 
 @torch.inference_mode()
@@ -255,18 +249,22 @@ def _onnx_bytes(module, checkpoint: Checkpoint, opset: int) -> bytes:
         return path.read_bytes()
 
 
-def _with_metadata(model_bytes: bytes, meta: dict[str, Any], statistics: dict[str, np.ndarray]):
+def _onnx_proto(model_bytes: bytes):
     import onnx
 
     proto = onnx.load_from_string(model_bytes)
+    proto.producer_name, proto.producer_version = "jianmu", jianmu.__version__
+    return proto
+
+
+def _set_metadata(proto, meta: dict[str, Any], statistics: dict[str, np.ndarray]) -> None:
+    """Replace the bundle's metadata: the JSON document and the open-set statistics."""
     del proto.metadata_props[:]
     document = json.dumps(meta, ensure_ascii=False, default=str)
     blob = base64.b64encode(encode_statistics(statistics)).decode("ascii")
     for key, value in ((META_KEY, document), (STATISTICS_KEY, blob)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name, proto.producer_version = "jianmu", jianmu.__version__
-    return proto
 
 
 def _quantize(fp32: bytes, items: list, checkpoint: Checkpoint, config: ExportConfig) -> bytes:
@@ -283,7 +281,7 @@ def _quantize(fp32: bytes, items: list, checkpoint: Checkpoint, config: ExportCo
 
     if not items:
         raise JianmuError("--int8 needs training images to calibrate on; pass --data/--manifest")
-    chosen = _first(items, config.calibration_images)
+    chosen = seeded_subset(items, config.calibration_images)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -401,11 +399,7 @@ def _refit_thresholds(bundle, meta: dict[str, Any], items: list, checkpoint: Che
         outputs = bundle_outputs(bundle, items, views=views)
         outputs = outputs.subset(outputs.ok)
         scorer = replace(bundle.scorer, temperature=bundle.calibration(views).temperature)
-        thresholds = {
-            rule: metrics.threshold_for_recall(scorer.score(rule, outputs), target)
-            for rule in RULES
-            if rule != "knn" or scorer.knn is not None
-        }
+        thresholds = rule_thresholds(scorer, outputs, target)
         if views == views_fitted:
             meta["unknown"]["thresholds"] = thresholds
             meta["unknown"]["threshold"] = thresholds[meta["unknown"]["rule"]]

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from jianmu.bundle import DIHEDRAL_VIEWS  # noqa: F401 - re-exported for the engine
 from jianmu.data.dataset import TolerantImageDataset
+from jianmu.data.preprocess import decode_size
 from jianmu.data.spec import TransformSpec
 from jianmu.data.transforms import build_spec_transform
+from jianmu.engine.runner import Outputs
 from jianmu.engine.runtime import autocast
-
-# The 8 symmetries of a square: end-grain and seed photos have no "up", so each is a valid view.
-DIHEDRAL_VIEWS = 8
-
-
-@dataclass
-class Outputs:
-    logits: np.ndarray  # N x C float32
-    embeddings: np.ndarray  # N x D float32, the classifier's input (pre-logits)
-    targets: np.ndarray  # N int
-    ok: np.ndarray  # N bool: False for images that could not be read
 
 
 def dihedral(images: torch.Tensor, view: int) -> torch.Tensor:
@@ -80,8 +69,8 @@ def collect_outputs(
 ) -> Outputs:
     """Outputs of ``model`` on ``(path, label)`` items with the eval transform of ``spec``, in fp32:
     calibration and thresholds are fitted here and must hold for the fp32 bundles that predict."""
-    decode_size = math.ceil(spec.input_size / spec.crop_pct)
-    dataset = TolerantImageDataset(items, build_spec_transform(spec), decode_size, cache=cache)
+    transform = build_spec_transform(spec)
+    dataset = TolerantImageDataset(items, transform, decode_size(spec), cache=cache)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
     device = next(model.parameters()).device
     with _ieee_fp32():

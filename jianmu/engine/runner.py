@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +12,22 @@ from jianmu.bundle import ModelBundle
 from jianmu.data.stream import stream_batches
 
 
-class BundleOutputs:
-    """Logits and embeddings of a list of ``(path, label)`` items, like
-    ``jianmu.engine.inference.Outputs``; rows of unreadable images are zeros with ``ok=False``."""
+@dataclass
+class Outputs:
+    """A model's outputs on a list of ``(path, label)`` items, one row per item."""
 
-    def __init__(self, logits, embeddings, targets, ok, errors: dict[int, str]) -> None:
-        self.logits = logits
-        self.embeddings = embeddings
-        self.targets = targets
-        self.ok = ok
-        self.errors = errors  # item index -> reason
+    logits: np.ndarray  # N x C float32
+    embeddings: np.ndarray  # N x D float32, the classifier's input (pre-logits)
+    targets: np.ndarray  # N int
+    ok: np.ndarray  # N bool: False for images that could not be read (their rows are zeros)
+    errors: dict[int, str] = field(default_factory=dict)  # row -> why it could not be read
 
-    def subset(self, keep: np.ndarray) -> BundleOutputs:
-        kept = {int(i): reason for i, reason in self.errors.items() if keep[i]}
-        return BundleOutputs(
-            self.logits[keep], self.embeddings[keep], self.targets[keep], self.ok[keep], kept
+    def subset(self, keep: np.ndarray) -> Outputs:
+        """The rows where ``keep`` (a boolean mask) is true, renumbered."""
+        rows = np.flatnonzero(keep)
+        errors = {new: self.errors[old] for new, old in enumerate(rows) if old in self.errors}
+        return Outputs(
+            self.logits[keep], self.embeddings[keep], self.targets[keep], self.ok[keep], errors
         )
 
 
@@ -35,7 +37,7 @@ def bundle_outputs(
     batch_size: int = 32,
     views: int = 1,
     workers: int | None = None,
-) -> BundleOutputs:
+) -> Outputs:
     """Outputs of ``bundle`` on ``items`` with its own preprocessing, averaged over ``views``."""
     logits: np.ndarray | None = None
     embeddings: np.ndarray | None = None
@@ -58,4 +60,4 @@ def bundle_outputs(
         logits = np.zeros((len(items), bundle.num_classes), np.float32)
         embeddings = np.zeros((len(items), 1), np.float32)
     targets = np.asarray([label for _, label in items], dtype=np.int64)
-    return BundleOutputs(logits, embeddings, targets, ok, errors)
+    return Outputs(logits, embeddings, targets, ok, errors)

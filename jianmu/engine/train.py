@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader
 import jianmu
 from jianmu.config import Config, TrainConfig, load_config, save_config
 from jianmu.data.dataset import EpochSampler, ImageDataset, class_balanced_weights
+from jianmu.data.preprocess import decode_size
 from jianmu.data.spec import TransformSpec
 from jianmu.data.split import write_manifest
 from jianmu.data.transforms import build_eval_transform, build_train_transform
@@ -261,7 +261,7 @@ def build_loaders(
     interpolation = preprocessing.interpolation
     train_transform = build_train_transform(config.augment, size, mean, std, interpolation)
     eval_transform = build_eval_transform(size, mean, std, interpolation, preprocessing.crop_pct)
-    decode_size = math.ceil(size / preprocessing.crop_pct)
+    decode = decode_size(preprocessing)
     train_items = splits.items["train"]
     weights = None
     if config.train.imbalance == "sampler":
@@ -279,7 +279,7 @@ def build_loaders(
         "worker_init_fn": _init_worker,
     }
     cache = config.data.cache_images
-    train_set = ImageDataset(train_items, train_transform, decode_size, config.seed, cache)
+    train_set = ImageDataset(train_items, train_transform, decode, config.seed, cache)
     loaders = {
         "train": DataLoader(
             train_set, batch_size, sampler=sampler, drop_last=len(sampler) > batch_size, **common
@@ -287,7 +287,7 @@ def build_loaders(
     }
     for split in ("val", "test"):
         if splits.items.get(split):
-            dataset = ImageDataset(splits.items[split], eval_transform, decode_size, cache=cache)
+            dataset = ImageDataset(splits.items[split], eval_transform, decode, cache=cache)
             loaders[split] = DataLoader(dataset, config.eval.batch_size, **common)
     return loaders
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jianmu.errors import JianmuError
-from jianmu.files import atomic_write
+from jianmu.files import write_text_atomic
 
 FORMATS = (".csv", ".json", ".jsonl")
 HEAD_COLUMNS = ("path", "specimen", "status", "verdict")
@@ -224,15 +224,15 @@ class ResultWriter:
         self.close()
         if self.format == ".json":
             document = {"summary": summary, "specimens": specimens, "images": images}
-            write_atomic(self.path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+            write_text_atomic(self.path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
             return [self.path]
         extra = specimens_path(self.path)
         if self.format == ".csv":
             columns = specimen_columns(self.top_k)
             rows = [columns, *[to_row(specimen, columns) for specimen in specimens]]
-            write_atomic(extra, _csv_text(rows), encoding="utf-8-sig")
+            write_text_atomic(extra, _csv_text(rows), encoding="utf-8-sig")
         else:
-            write_atomic(extra, "".join(_json_line(specimen) for specimen in specimens))
+            write_text_atomic(extra, "".join(_json_line(specimen) for specimen in specimens))
         return [self.path, extra]
 
     def close(self) -> None:
@@ -257,12 +257,6 @@ class ResultWriter:
                 f"--resume: {self.path} has other columns (written with --top-k {top}?); use the "
                 f"same options or another --out"
             )
-
-
-def write_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` as is (no newline translation) so that readers see the old file or the new
-    one, never half of one."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding, newline=""))
 
 
 def _csv_text(rows: list[list[str]]) -> str:
