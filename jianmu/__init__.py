@@ -1,14 +1,16 @@
 """jianmu: image classifiers for border inspection (wood, weed seeds, insect pests).
 
 The public API, imported on first use so that ``import jianmu`` (and ``jianmu --help``) stays light
-and an ONNX bundle never pulls in torch::
+and an ONNX bundle never pulls in torch. Every entry point takes a :class:`~jianmu.config.Config`
+and what it acts on, and returns a result object; ``jianmu X`` on the command line builds the same
+config from its options and makes the same call::
 
     import jianmu
     config = jianmu.load_config("configs/wood.yaml", ["train.epochs=5"], data__root="ROOT")
     run = jianmu.train(config).run_dir
-    jianmu.evaluate(run, "ROOT", "eval/")
-    bundle = jianmu.export(run, "onnx").path
-    jianmu.predict(bundle, ["photos/"], out="results.csv")
+    jianmu.evaluate(config.updated(out="eval/"), run)
+    bundle = jianmu.export(config, run).path    # out unset: beside the checkpoint
+    jianmu.predict(config.updated(["predict.top_k=5"], out="results.csv"), bundle, ["photos/"])
     model = jianmu.load_model(bundle)          # predict_proba / predict on preprocessed batches
 """
 
@@ -25,6 +27,8 @@ _API = {
     "export": "jianmu.engine.export",
     "predict": "jianmu.engine.predict",
     "bench": "jianmu.engine.bench",
+    "cross_validate": "jianmu.engine.crossval",
+    "leave_species_out": "jianmu.engine.leave_species_out",
     "JianmuError": "jianmu.errors",
 }
 __all__ = [*_API, "__version__"]

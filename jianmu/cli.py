@@ -1,8 +1,11 @@
 """The ``jianmu`` command line: options -> load_config -> one library call -> rich output.
 
-User errors (:class:`jianmu.errors.JianmuError`) end as one red line and exit code 2; commands
-that audit something exit 1 when they find blocking problems. Heavy modules are imported inside
-commands so that ``jianmu --help`` starts fast.
+Each command maps its options to config keys (``--top-k`` is ``predict.top_k``, ``--out`` is
+``out``) on top of ``--config`` and ``--set``, and makes the one call ``jianmu.X(config, ...)``
+makes: the command line and the library give the same results. User errors
+(:class:`jianmu.errors.JianmuError`) end as one red line and exit code 2; commands that audit
+something exit 1 when they find blocking problems. Heavy modules are imported inside commands so
+that ``jianmu --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from jianmu.config import DOMAINS, load_config
 from jianmu.errors import JianmuError
 
 console = Console()
@@ -56,9 +60,8 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="override a config value: section.key=value (repeatable)"),
 ]
-DomainOption = Annotated[
-    str | None, typer.Option("--domain", "-d", help="wood | weed_seed | insect")
-]
+DOMAIN_HELP = " | ".join(DOMAINS)
+DomainOption = Annotated[str | None, typer.Option("--domain", "-d", help=DOMAIN_HELP)]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="random seed (config: seed)")]
 
 
@@ -84,7 +87,7 @@ def main(
 
 @taxonomy_app.command("show")
 def taxonomy_show(
-    domain: Annotated[str, typer.Argument(help="wood | weed_seed | insect, or a taxonomy YAML")],
+    domain: Annotated[str, typer.Argument(help=f"{DOMAIN_HELP}, or a taxonomy YAML")],
     search: Annotated[
         str | None, typer.Option("--search", "-q", help="only entries whose names contain this")
     ] = None,
@@ -102,7 +105,7 @@ def taxonomy_show(
 
 @taxonomy_app.command("check")
 def taxonomy_check(
-    domain: Annotated[str, typer.Argument(help="wood | weed_seed | insect, or a taxonomy YAML")],
+    domain: Annotated[str, typer.Argument(help=f"{DOMAIN_HELP}, or a taxonomy YAML")],
     root: Annotated[
         Path | None, typer.Argument(help="dataset folder whose class folders to match")
     ] = None,
@@ -127,8 +130,6 @@ def taxonomy_check(
 
 
 def _data_config(config_path, overrides, domain=None, seed=None, root=None):
-    from jianmu.config import load_config
-
     return load_config(
         config_path, overrides or [], data__domain=domain, seed=seed, data__root=root
     )
@@ -199,9 +200,7 @@ def data_synth(
     out: Annotated[
         Path, typer.Argument(help="folder to create (a previous synthetic set is replaced)")
     ],
-    domain: Annotated[
-        str, typer.Option("--domain", "-d", help="wood | weed_seed | insect")
-    ] = "wood",
+    domain: Annotated[str, typer.Option("--domain", "-d", help=DOMAIN_HELP)] = "wood",
     classes: Annotated[int, typer.Option("--classes", min=1, help="number of classes")] = 5,
     per_class: Annotated[int, typer.Option("--per-class", min=1, help="images per class")] = 20,
     specimens: Annotated[
@@ -299,8 +298,6 @@ def train_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="one line per epoch")] = False,
 ) -> None:
     """Train a classifier on an image folder; writes checkpoints, metrics and curves."""
-    from jianmu.config import load_config
-
     if resume is None and config_path is None:
         raise JianmuError("give a CONFIG (e.g. configs/wood.yaml) or --resume RUN_DIR")
     config = load_config(
@@ -341,14 +338,23 @@ def eval_command(
             ".onnx / .torchscript bundle"
         ),
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="dataset root")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("eval"),
-    manifest: Annotated[
-        Path | None, typer.Option("--manifest", help="manifest CSV; evaluates one --split of it")
+    data: Annotated[Path | None, typer.Option("--data", help="dataset root (data.root)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="report folder (out; default: eval)")
     ] = None,
-    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="manifest CSV (data.manifest); evaluates one --split"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="train | val | test (eval.split; default test)")
+    ] = None,
     tta: Annotated[
-        bool | None, typer.Option("--tta/--no-tta", help="8 flips/rotations per image")
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="8 flips/rotations per image (eval.tta; default: as the model was calibrated)",
+        ),
     ] = None,
     open_set: Annotated[
         Path | None,
@@ -360,39 +366,28 @@ def eval_command(
     overrides: SetOption = None,
 ) -> None:
     """Evaluate a model (per class, specimen, calibration, unknowns) or run the open-set test."""
-    from jianmu.config import load_config
-
     if data is None:
         raise JianmuError("give --data ROOT (the images to evaluate on)")
     if open_set is not None:
-        from jianmu.engine.inference import DIHEDRAL_VIEWS
-        from jianmu.engine.openset import open_set_markdown, run_open_set
+        from jianmu.engine.leave_species_out import leave_species_out, open_set_markdown
         from jianmu.report.console import TrainProgress
 
         config = load_config(open_set, overrides or [], data__root=data, out=out)
         with TrainProgress(console, quiet=True) as progress:
-            result = run_open_set(config, reporter=progress, views=(1, DIHEDRAL_VIEWS))
-        text = open_set_markdown(result)
-        (out / "openset.md").write_text(text, encoding="utf-8")
-        console.print(text)
-        console.print(f"best rule: {result.best_rule}; table in {out / 'openset.md'}")
+            result = leave_species_out(config, reporter=progress)
+        console.print(open_set_markdown(result))
+        console.print(f"best rule: {result.best_rule}; tables in {result.out}")
         return
     if model is None:
         raise JianmuError("give a MODEL (run folder, checkpoint or bundle), or --open-set CONFIG")
-    from jianmu.bundle import load_model
-
-    bundle = load_model(model)  # loaded once: its settings here, then evaluated
-    # The model's own settings (TTA, specimen roll-up) unless --config, --set or --tta differ.
-    stored = bundle.meta.get("config", {})
-    base = {key: dict(stored[key]) for key in ("eval", "data") if key in stored}
-    base.get("data", {}).pop("root", None)
-    base.get("data", {}).pop("manifest", None)
-    config = load_config(config_path, overrides or [], base=base, eval__tta=tta)
+    config = load_config(
+        config_path, overrides or [], data__root=data, data__manifest=manifest,
+        eval__split=split, eval__tta=tta, out=out,
+    )  # fmt: skip
     from jianmu.engine.evaluate import evaluate
     from jianmu.report.console import eval_summary
 
-    result = evaluate(bundle, data, out, config.eval, manifest, split, config.data.specimen_pattern)
-    console.print(eval_summary(result, out))
+    console.print(eval_summary(evaluate(config, model)))
 
 
 # --- predict -------------------------------------------------------------------------------------
@@ -423,10 +418,12 @@ def predict_command(
     html: Annotated[
         Path | None, typer.Option("--html", help="also write a self-contained HTML page")
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="species shown per image")] = 3,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=1, help="species shown per image (default 3)")
+    ] = None,
     tta: Annotated[
-        bool, typer.Option("--tta/--no-tta", help="8 flips/rotations per image (8x slower)")
-    ] = False,
+        bool | None, typer.Option("--tta/--no-tta", help="8 flips/rotations per image (8x slower)")
+    ] = None,
     specimen_pattern: Annotated[
         str | None,
         typer.Option(
@@ -444,6 +441,8 @@ def predict_command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="decoding threads (default: CPUs)")
     ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
 ) -> None:
     """Classify field photos: top species with calibrated confidence, verdict, regulatory flags.
 
@@ -451,16 +450,17 @@ def predict_command(
     not be read (their rows say why); 2 user error (bad model, no inputs, bad option); 130
     interrupted by Ctrl-C (the rows done are saved: run again with --resume).
     """
+    config = load_config(
+        config_path, overrides or [], out=out, predict__html=html, predict__top_k=top_k,
+        predict__tta=tta, predict__specimen_pattern=specimen_pattern,
+        predict__resume=resume or None, predict__batch_size=batch_size, predict__workers=workers,
+    )  # fmt: skip
     from jianmu.engine.predict import PredictInterrupted, predict
     from jianmu.report.console import predict_progress, predict_renderables
 
     with predict_progress(console) as progress:
         try:
-            result = predict(
-                model, inputs, out=out, html=html, top_k=top_k, tta=tta,
-                specimen_pattern=specimen_pattern, resume=resume, batch_size=batch_size,
-                workers=workers, progress=progress, keep_images=out is None,
-            )  # fmt: skip
+            result = predict(config, model, inputs, progress, keep_images=out is None)
         except PredictInterrupted as interrupted:
             result = interrupted.result
     for renderable in predict_renderables(result, show_images=out is None):
@@ -481,7 +481,9 @@ def predict_command(
 @app.command("export")
 def export_command(
     model: Annotated[Path, typer.Argument(help="run folder or checkpoint .safetensors")],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx | torchscript")] = "onnx",
+    format: Annotated[
+        str | None, typer.Option("--format", "-f", help="onnx | torchscript (export.format)")
+    ] = None,
     int8: Annotated[
         bool, typer.Option("--int8", help="static int8 quantization (ONNX), accuracy-guarded")
     ] = False,
@@ -503,15 +505,17 @@ def export_command(
 
     Exit codes: 0 exported; 1 the parity check failed (no bundle written); 2 bad input.
     """
-    from jianmu.config import load_config
+    # Export settings come from --config / --set, not from the training run's stored config: that
+    # holds every default of the jianmu that trained it, which would pin outdated ones.
+    config = load_config(
+        config_path, overrides or [], out=out, data__root=data, data__manifest=manifest,
+        export__format=format, export__int8=int8 or None,
+    )  # fmt: skip
     from jianmu.engine.export import ExportCheckError, export
     from jianmu.report.console import export_table
 
-    # Export settings come from --config / --set, not from the training run's stored config: that
-    # holds every default of the jianmu that trained it, which would pin outdated ones.
-    config = load_config(config_path, overrides or [])
     try:
-        result = export(model, format, out, int8, data, manifest, config.export)
+        result = export(config, model)
     except ExportCheckError as error:
         console.print(export_table(error.parity))
         error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
@@ -536,12 +540,13 @@ def bench_command(
     Exit codes: 0 no regression (or the suite's data is absent: skipped, said so);
     1 a figure regressed (named); 2 bad input.
     """
+    config = load_config(out=out, bench__update_baseline=update_baseline or None)
     from jianmu.engine.bench import BenchSkipped, bench
     from jianmu.report.console import TrainProgress
 
     try:
         with TrainProgress(console) as progress:
-            result = bench(suite, out, update_baseline, reporter=progress)
+            result = bench(config, suite, reporter=progress)
     except BenchSkipped as skipped:
         console.print(f"[yellow]{skipped}[/]", highlight=False)
         return

@@ -7,7 +7,6 @@ so the CLI can validate a config before any heavy import.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import sys
@@ -17,10 +16,29 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from jianmu.errors import JianmuError
+from jianmu.errors import JianmuError, did_you_mean
 
 Domain = Literal["wood", "weed_seed", "insect"]
+DOMAINS: tuple[str, ...] = get_args(Domain)
+# The unknown-species rules (jianmu.calibration.apply scores them). Relative Mahalanobis distance on
+# the embedding won the leave-species-out comparison on wood-swfu5 (datasets/wood-swfu5.md).
+UnknownRule = Literal["msp", "energy", "mahalanobis", "relative_mahalanobis", "knn"]
+UNKNOWN_RULES: tuple[str, ...] = get_args(UnknownRule)
+Split = Literal["train", "val", "test"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# Keys of earlier versions: old name -> new name (None: gone), said in one line with the new home.
+MOVED_KEYS: dict[str, tuple[str | None, str]] = {
+    "eval.unknown_score": ("calibration.rule", "calibration settings live under calibration:"),
+    "eval.target_known_recall": (
+        "calibration.target_known_recall",
+        "calibration settings live under calibration:",
+    ),
+    "eval.calibrate": (None, "every training run is calibrated; see calibration:"),
+    "eval.specimen_aggregation": (
+        None,
+        "eval rolls specimens up with the one rule predict uses (README, 'Specimens')",
+    ),
+}
 
 
 class _Strict(BaseModel):
@@ -120,17 +138,45 @@ class TrainConfig(_Strict):
     quiet: bool = False
 
 
+class CalibrationConfig(_Strict):
+    """What steers the calibration that follows training (and the int8 export's refit)."""
+
+    rule: UnknownRule = Field(
+        default="relative_mahalanobis", description="the unknown-species rule predictions use"
+    )
+    target_known_recall: float = Field(
+        default=0.95, gt=0.0, le=1.0, description="share of known validation images kept"
+    )
+    tta: bool = Field(
+        default=False,
+        description="also fit for the 8 flips/quarter turns (test-time augmentation); eval then "
+        "uses them unless eval.tta says otherwise",
+    )
+    batch_size: int = Field(default=64, ge=1)
+
+
 class EvalConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
-    tta: bool = False
-    specimen_aggregation: Literal["mean", "vote", "max"] = "mean"
-    calibrate: bool = True
-    # Relative Mahalanobis distance on the embedding won the leave-species-out comparison on
-    # wood-swfu5 (datasets/wood-swfu5.md); max-softmax and energy trail far behind.
-    unknown_score: Literal["msp", "energy", "mahalanobis", "relative_mahalanobis", "knn"] = (
-        "relative_mahalanobis"
+    tta: bool | None = Field(
+        default=None, description="8 flips/quarter turns; default: as the model was calibrated"
     )
-    target_known_recall: float = Field(default=0.95, gt=0.0, le=1.0)
+    split: Split = Field(default="test", description="the manifest split evaluated")
+
+
+class PredictConfig(_Strict):
+    """What ``jianmu predict`` does with field photos (``--set predict.top_k=5``)."""
+
+    top_k: int = Field(default=3, ge=1, description="species per image; the rest is 'other'")
+    tta: bool = Field(default=False, description="8 flips/quarter turns per image (8x slower)")
+    batch_size: int | None = Field(default=None, ge=1, description="default: the model form's")
+    workers: int | None = Field(default=None, ge=1, description="decoding threads; default: CPUs")
+    specimen_pattern: str | None = Field(
+        default=None,
+        description="regex on file names whose group 'specimen' (or group 1) names the "
+        "specimen; default: the sub-folder under the INPUT folder",
+    )
+    html: Path | None = Field(default=None, description="also write a self-contained HTML page")
+    resume: bool = Field(default=False, description="skip the files already in out; append")
 
 
 class ExportConfig(_Strict):
@@ -146,8 +192,16 @@ class ExportConfig(_Strict):
     )
 
 
+class BenchConfig(_Strict):
+    update_baseline: bool = Field(default=False, description="rewrite the suite's baseline")
+
+
 class Config(_Strict):
-    """Everything a run needs. ``train.epochs`` in YAML is ``--set train.epochs=`` here too."""
+    """Everything a command needs. ``train.epochs`` in YAML is ``--set train.epochs=`` here too.
+
+    ``out`` is where the command writes: the run folder (train), the report folder (eval), the
+    bundle file (export), the results file (predict), the figures folder (bench).
+    """
 
     seed: int = 42
     out: Path | None = None
@@ -155,8 +209,15 @@ class Config(_Strict):
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
+    predict: PredictConfig = PredictConfig()
+    bench: BenchConfig = BenchConfig()
+
+    def updated(self, overrides: list[str] | tuple[str, ...] = (), **options: Any) -> Config:
+        """A copy with ``overrides`` (``a.b=v``) and ``options`` (``a__b=v``) applied, validated."""
+        return load_config(None, overrides, base=self.model_dump(mode="json"), **options)
 
 
 class BenchData(_Strict):
@@ -331,10 +392,21 @@ def _apply_augment_preset(raw: dict[str, Any]) -> dict[str, Any]:
 
 def validate_config(raw: dict[str, Any], source: str = "config", model: type[BaseModel] = Config):
     """Validate a raw dict into ``model``; the first problem becomes one JianmuError line."""
+    if model is Config:
+        _refuse_moved_keys(raw, source)
     try:
         return model.model_validate(raw)
     except ValidationError as error:
         raise JianmuError(f"{source}: {describe_validation_error(error, model)}") from None
+
+
+def _refuse_moved_keys(raw: dict[str, Any], source: str) -> None:
+    """An old config's moved or removed key, in one line that names its new home."""
+    for old, (new, why) in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            where = f"use '{new}' ({why})" if new else f"remove it: {why}"
+            raise JianmuError(f"{source}: '{old}' is no longer a setting; {where}")
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
@@ -380,12 +452,7 @@ def _item_model(annotation: Any) -> Any:
 
 
 def _hint(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    if close:
-        return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
-    if known:
-        return "; known keys: " + ", ".join(known)
-    return ""
+    return did_you_mean(name, known, cutoff=0.5, list_known=True)
 
 
 def save_config(config: Config, path: str | Path) -> Path:

@@ -1,5 +1,7 @@
-"""Pure functions over arrays: accuracy, per-class scores, confusion, calibration, specimen roll-up
-and open-set (unknown species) scores. scikit-learn computes the standard metrics.
+"""Pure functions over arrays: accuracy, per-class scores, confusion, calibration error and how
+well an unknown-species rule separates known from unknown. scikit-learn computes the standard
+metrics. (Fitting the calibration is :mod:`jianmu.calibration.fit`; the specimen roll-up is
+:mod:`jianmu.verdict`.)
 
 Inputs are numpy arrays (or anything ``np.asarray`` takes): scores, logits or probabilities are
 N x C, targets and predictions are N integer class indices. Outputs are floats, lists, dicts or
@@ -9,11 +11,9 @@ small dataclasses with a ``to_dict()``, ready for JSON.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
@@ -23,17 +23,7 @@ from sklearn.metrics import (
 )
 
 from jianmu.errors import JianmuError
-from jianmu.scoring import (  # noqa: F401 - re-exported: metrics is the one place to look
-    KnnModel,
-    MahalanobisModel,
-    _l2_normalize,
-    _matrix,
-    score_energy,
-    score_knn,
-    score_mahalanobis,
-    score_msp,
-    softmax,
-)
+from jianmu.outputs import as_scores_and_targets, as_vector, check_labels
 
 # --- accuracy and per-class scores ---------------------------------------------------------------
 
@@ -74,7 +64,7 @@ def classification_report(
         recall,f1}`` and ``per_class``: one dict per class with ``class``, ``precision``,
         ``recall``, ``f1`` and ``support``.
     """
-    probabilities, targets = _scores_and_targets(probabilities, targets)
+    probabilities, targets = as_scores_and_targets(probabilities, targets)
     num_classes = probabilities.shape[1]
     if len(class_names) != num_classes:
         raise JianmuError(f"{len(class_names)} class names for {num_classes} score columns")
@@ -210,7 +200,7 @@ def reliability_bins(
     A bin holds confidences in (lower, upper], as in Guo et al. (2017); a confidence of exactly 0
     joins the first bin. Empty bins have ``count`` 0 and ``None`` accuracy and confidence.
     """
-    probabilities, targets = _scores_and_targets(probabilities, targets)
+    probabilities, targets = as_scores_and_targets(probabilities, targets)
     if probabilities.min() < 0 or probabilities.max() > 1 + 1e-6:
         raise JianmuError("expected probabilities in [0, 1]; apply softmax to logits first")
     if bins < 1:
@@ -249,143 +239,23 @@ def expected_calibration_error(
     )
 
 
-def fit_temperature(
-    logits: np.ndarray, targets: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
-) -> float:
-    """Temperature T in ``bounds`` minimising the NLL of ``softmax(logits / T)``.
-
-    The search runs over log T (bounded Brent, deterministic). T > 1 softens an over-confident
-    model. On perfectly separated data the NLL keeps falling as T shrinks, so T ends up small.
-    """
-    logits, targets = _scores_and_targets(logits, targets)
-    if not 0 < bounds[0] < bounds[1]:
-        raise JianmuError(f"temperature bounds must satisfy 0 < low < high, got {bounds}")
-    rows = np.arange(len(targets))
-
-    def nll(log_temperature: float) -> float:
-        log_probabilities = log_softmax(logits / np.exp(log_temperature), axis=1)
-        return float(-log_probabilities[rows, targets].mean())
-
-    result = minimize_scalar(
-        nll, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-6}
-    )
-    return float(np.exp(result.x))
-
-
-# --- specimen roll-up -----------------------------------------------------------------------------
-
-
-def aggregate_by_group(
-    probabilities: np.ndarray,
-    group_ids: np.ndarray,
-    method: Literal["mean", "vote", "max"] = "mean",
-) -> tuple[list[Any], np.ndarray]:
-    """Combine the images of each specimen (or any group) into one probability row.
-
-    Args:
-        group_ids: One id per row (str or int).
-        method: ``mean`` averages the rows; ``vote`` is the normalised histogram of each image's
-            top class (ties: lowest index); ``max`` takes the per-class maximum, renormalised.
-
-    Returns:
-        The unique ids in first-seen order and a G x C array of probabilities in the same order.
-    """
-    probabilities = _matrix(probabilities, "probabilities")
-    group_ids = np.asarray(group_ids)
-    if group_ids.shape != (len(probabilities),):
-        raise JianmuError(f"{len(group_ids)} group ids for {len(probabilities)} rows")
-    if method not in ("mean", "vote", "max"):
-        raise JianmuError(f"unknown aggregation method {method!r}; use mean, vote or max")
-    unique, first, inverse = np.unique(group_ids, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    slot = rank[inverse.reshape(-1)]
-    shape = (len(unique), probabilities.shape[1])
-    if method == "max":
-        combined = np.full(shape, -np.inf)
-        np.maximum.at(combined, slot, probabilities)
-        return unique[order].tolist(), combined / combined.sum(axis=1, keepdims=True)
-    if method == "vote":
-        probabilities = np.eye(shape[1])[probabilities.argmax(axis=1)]
-    combined = np.zeros(shape)
-    np.add.at(combined, slot, probabilities)
-    return unique[order].tolist(), combined / np.bincount(slot, minlength=shape[0])[:, None]
-
-
 # --- open set: higher score = more likely a known species ----------------------------------------
-
-
-def fit_mahalanobis(
-    features: np.ndarray, targets: np.ndarray, ridge: float = 1e-3
-) -> MahalanobisModel:
-    """Class means and a shared covariance of ``features``, inverted into a precision matrix.
-
-    Args:
-        ridge: Added to the covariance diagonal, relative to the mean feature variance, so that
-            fewer samples than dimensions still give a usable precision matrix.
-    """
-    features = _matrix(features, "features")
-    targets = np.asarray(targets)
-    if targets.shape != (len(features),):
-        raise JianmuError(f"{len(targets)} targets for {len(features)} feature rows")
-    if len(features) == 0:
-        raise JianmuError("no features to fit on")
-    classes, index = np.unique(targets, return_inverse=True)
-    index = index.reshape(-1)
-    means = np.stack([features[index == i].mean(axis=0) for i in range(len(classes))])
-    centered = features - means[index]
-    covariance = centered.T @ centered / len(features)
-    scale = np.trace(covariance) / len(covariance) or 1.0
-    covariance += ridge * scale * np.eye(len(covariance))
-    return MahalanobisModel(means, np.linalg.pinv(covariance, hermitian=True))
-
-
-def fit_knn(features: np.ndarray) -> KnnModel:
-    """Keep the L2-normalised training embeddings (float32 stays float32)."""
-    features = _matrix(features, "features", keep_float32=True)
-    if len(features) == 0:
-        raise JianmuError("no features to fit on")
-    return KnnModel(_l2_normalize(features))
 
 
 def auroc_known_vs_unknown(scores_known: np.ndarray, scores_unknown: np.ndarray) -> float:
     """Area under the ROC curve for telling known (positive) from unknown samples by score."""
-    known = _vector(scores_known, "known scores")
-    unknown = _vector(scores_unknown, "unknown scores")
+    known = as_vector(scores_known, "known scores")
+    unknown = as_vector(scores_unknown, "unknown scores")
     labels = np.concatenate([np.ones(len(known)), np.zeros(len(unknown))])
     return float(roc_auc_score(labels, np.concatenate([known, unknown])))
-
-
-def threshold_for_recall(scores_known: np.ndarray, target_recall: float) -> float:
-    """A threshold t with at least ``target_recall`` of the known scores >= t.
-
-    On the scores it was fit on, accepting ``score >= t`` keeps at least the target recall (more
-    when scores tie). t lies halfway between the last score kept and the next one below it, so
-    the tiny differences between backends and devices (fp32 on CPU, GPU or onnxruntime) do not
-    move an image across it. With every score needed (``target_recall=1``), t lies as far below
-    the lowest score as halfway to the next one up.
-    """
-    scores = _vector(scores_known, "known scores")
-    if not 0 < target_recall <= 1:
-        raise JianmuError(f"target recall must be in (0, 1], got {target_recall}")
-    # Smallest count m with m / n >= target, using the same division a recall check does
-    # (a plain ceil(0.7 * 10) gives 8).
-    fractions = np.arange(1, len(scores) + 1) / len(scores)
-    needed = int(np.searchsorted(fractions, target_recall, side="left")) + 1
-    ordered = np.sort(scores)[::-1]
-    if needed < len(ordered):
-        return float((ordered[needed - 1] + ordered[needed]) / 2)
-    margin = (ordered[-2] - ordered[-1]) / 2 if len(ordered) > 1 else 0.0
-    return float(ordered[-1] - margin)
 
 
 def open_set_report(
     scores_known: np.ndarray, scores_unknown: np.ndarray, threshold: float
 ) -> dict[str, float | int]:
     """Accept ``score >= threshold`` as known: recall on known, rejection of unknown, AUROC."""
-    known = _vector(scores_known, "known scores")
-    unknown = _vector(scores_unknown, "unknown scores")
+    known = as_vector(scores_known, "known scores")
+    unknown = as_vector(scores_unknown, "unknown scores")
     known_recall = float(np.mean(known >= threshold))
     unknown_rejection = float(np.mean(unknown < threshold))
     return {
@@ -402,37 +272,6 @@ def open_set_report(
 # --- input checks ---------------------------------------------------------------------------------
 
 
-def _vector(values: np.ndarray, what: str) -> np.ndarray:
-    """A finite, non-empty 1-D float array."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1 or len(array) == 0:
-        raise JianmuError(f"expected {what} as a non-empty 1-D array, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise JianmuError(f"{what} contain NaN or infinite values")
-    return array
-
-
-def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
-    if labels.size == 0:
-        return
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise JianmuError(f"{what} must be integer class indices in [0, {num_classes})")
-    if labels.max() >= num_classes:
-        raise JianmuError(f"{what} must be integer class indices in [0, {num_classes})")
-
-
-def _scores_and_targets(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-empty N x C float scores and N integer targets within range."""
-    scores = _matrix(scores, "scores")
-    targets = np.asarray(targets)
-    if targets.shape != (len(scores),):
-        raise JianmuError(f"{targets.size} targets for {len(scores)} rows of scores")
-    if len(targets) == 0:
-        raise JianmuError("no samples to evaluate")
-    _check_labels(targets, scores.shape[1], "targets")
-    return scores, targets.astype(np.int64)
-
-
 def _predictions_and_targets(
     predictions: np.ndarray, targets: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -444,6 +283,6 @@ def _predictions_and_targets(
             f"expected 1-D predictions and targets of equal length, got shapes "
             f"{predictions.shape} and {targets.shape}"
         )
-    _check_labels(predictions, num_classes, "predictions")
-    _check_labels(targets, num_classes, "targets")
+    check_labels(predictions, num_classes, "predictions")
+    check_labels(targets, num_classes, "targets")
     return predictions.astype(np.int64), targets.astype(np.int64)

@@ -25,7 +25,8 @@ from torch import nn
 from jianmu.config import ModelConfig
 from jianmu.data.spec import TransformSpec, resolve_transform_spec
 from jianmu.errors import JianmuError
-from jianmu.files import atomic_write  # noqa: F401 - re-exported for the engine
+from jianmu.files import atomic_write
+from jianmu.rundir import checkpoint_file
 
 CHECKPOINT_FORMAT = "jianmu.checkpoint/1"
 _META_KEY = "jianmu"
@@ -194,9 +195,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 
 
 def _checkpoint_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.safetensors"
+    path = checkpoint_file(Path(path))
     if not path.is_file():
         raise JianmuError(f"checkpoint not found: {path}")
     if path.suffix != ".safetensors":

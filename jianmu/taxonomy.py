@@ -7,7 +7,6 @@ unmatched folder comes back with the closest names instead of being accepted sil
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections import Counter
@@ -18,10 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from jianmu.config import find_configs_dir, read_yaml, validate_config
-from jianmu.errors import JianmuError
-
-DOMAINS = ("wood", "weed_seed", "insect")
+from jianmu.config import DOMAINS, Domain, find_configs_dir, read_yaml, validate_config
+from jianmu.errors import JianmuError, close_matches, did_you_mean
 
 
 class _Strict(BaseModel):
@@ -73,7 +70,7 @@ class Species(_Strict):
 
 
 class Taxonomy(_Strict):
-    domain: Literal["wood", "weed_seed", "insect"]
+    domain: Domain
     version: str
     title: str
     description: str = ""
@@ -175,7 +172,7 @@ class _Index:
             return NameMatch(folder_name, self.by_name[key], "name")
         if key in self.by_synonym:
             return NameMatch(folder_name, self.by_synonym[key], "synonym")
-        close = difflib.get_close_matches(key, list(self.display), n=3, cutoff=0.6)
+        close = close_matches(key, self.display, n=3, cutoff=0.6)
         return NameMatch(folder_name, None, "none", [self.display[c] for c in close])
 
 
@@ -186,8 +183,7 @@ def find_taxonomy_path(domain_or_path: str | Path) -> Path:
     path = Path(domain_or_path)
     if path.is_file():
         return path
-    hint = difflib.get_close_matches(str(domain_or_path), DOMAINS, n=1)
-    extra = f"; did you mean '{hint[0]}'?" if hint else f"; domains: {', '.join(DOMAINS)}"
+    extra = did_you_mean(str(domain_or_path), DOMAINS, n=1) or f"; domains: {', '.join(DOMAINS)}"
     raise JianmuError(f"unknown taxonomy {str(domain_or_path)!r}{extra}")
 
 

@@ -21,11 +21,14 @@ import numpy as np
 import torch
 
 from jianmu.bundle import load_model
+from jianmu.config import load_config
 from jianmu.data.preprocess import load_preprocessed
+from jianmu.data.samples import class_index
 from jianmu.data.split import read_manifest
 from jianmu.engine.bench import fill_batch, images_per_second
 from jianmu.engine.export import export
 from jianmu.models import OutputsModule, load_checkpoint
+from jianmu.rundir import RunDir, run_folder
 
 
 def main() -> None:
@@ -39,10 +42,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    folder = args.run if args.run.is_dir() else args.run.parent
-    manifest = args.manifest or folder / "manifest.csv"
+    run = RunDir(run_folder(args.run))
+    manifest = args.manifest or run.manifest
     checkpoint = load_checkpoint(args.run)
-    index = {name: i for i, name in enumerate(checkpoint.classes)}
+    index = class_index(checkpoint.classes)
     rows = [r for r in read_manifest(manifest, root=args.data) if r.split == args.split]
     spec = checkpoint.preprocessing
     images = np.stack([load_preprocessed(args.data / r.path, spec) for r in rows])
@@ -50,9 +53,12 @@ def main() -> None:
 
     bundles = {}
     for name, int8 in (("onnx", False), ("onnx-int8", True)):
-        path = folder / ("model.int8.onnx" if int8 else "model.onnx")
+        path = run.bundle("onnx", int8)
         if not path.exists():
-            export(args.run, "onnx", path, int8=int8, data=args.data, manifest=manifest)
+            config = load_config(
+                out=path, data__root=args.data, data__manifest=manifest, export__int8=int8
+            )
+            export(config, args.run)
         bundles[name] = load_model(path)
 
     module = OutputsModule(checkpoint.build_model()).eval()

@@ -159,14 +159,17 @@ def _in_child(model: Path, folder: Path, batch: int | None, workers: int | None)
 
 def _child(model: Path, folder: Path, batch: int | None, workers: int | None) -> None:
     from jianmu.bundle import load_model
+    from jianmu.config import load_config
     from jianmu.engine.predict import predict
 
     started = time.perf_counter()
     bundle = load_model(model)
     loaded = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        result = predict(bundle, [folder], out=Path(scratch) / "results.csv", batch_size=batch,
-                         workers=workers, keep_images=False)  # fmt: skip
+        config = load_config(
+            out=Path(scratch) / "results.csv", predict__batch_size=batch, predict__workers=workers
+        )
+        result = predict(config, bundle, [folder], keep_images=False)
     seconds = time.perf_counter() - loaded
     report = {
         "images": result.summary["images"],
@@ -195,12 +198,11 @@ def _peak_rss_kib() -> float:
 
 def model_only_speed(model: Path, folder: Path, batch: int | None, seconds: float = 5.0):
     """Images/s of the bundle on preprocessed batches (no decoding), and the batch size used."""
-    from jianmu.bundle import load_model
+    from jianmu.bundle import BATCH_SIZE, load_model
     from jianmu.data.preprocess import load_preprocessed
-    from jianmu.engine.predict import BATCH_SIZES
 
     bundle = load_model(model)
-    batch = batch or BATCH_SIZES.get(bundle.kind, 32)
+    batch = batch or BATCH_SIZE
     paths = sorted(folder.glob("*.jpg"))[:batch]
     images = np.stack([load_preprocessed(path, bundle.spec) for path in paths])
     images = np.concatenate([images] * (batch // len(images) + 1))[:batch]

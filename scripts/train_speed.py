@@ -21,6 +21,7 @@ from jianmu.config import load_config
 from jianmu.engine.runtime import autocast, resolve_amp_dtype
 from jianmu.engine.train import build_stepper
 from jianmu.models import build_model
+from jianmu.rundir import RunDir
 
 
 def bare_images_per_second(config_path: Path, num_classes: int, steps: int = 12) -> float:
@@ -53,7 +54,7 @@ def bare_images_per_second(config_path: Path, num_classes: int, steps: int = 12)
 
 
 def run_images_per_second(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv", newline="") as stream:
+    with open(RunDir(run_dir).metrics, newline="") as stream:
         rows = list(csv.DictReader(stream))
     values = [float(row["images_per_s"]) for row in rows[1:]] or [float(rows[0]["images_per_s"])]
     return statistics.median(values)
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args()
-    with open(args.run_dir / "manifest.csv", newline="") as stream:
+    with open(RunDir(args.run_dir).manifest, newline="") as stream:
         num_classes = len({row["class"] for row in csv.DictReader(stream)})
     bare = bare_images_per_second(args.config, num_classes)
     real = run_images_per_second(args.run_dir)

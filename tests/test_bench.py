@@ -8,6 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from jianmu.cli import app
+from jianmu.config import load_config
 from jianmu.engine.bench import BenchSkipped, bench, find_suite
 from jianmu.errors import JianmuError
 
@@ -51,7 +52,8 @@ def write_suite(folder, baseline, **changes):
 def test_bench_records_figures_writes_files_and_judges_against_the_baseline(tmp_path):
     baseline = tmp_path / "benchmarks" / "baseline.json"
     suite = write_suite(tmp_path, baseline)
-    result = bench(suite, tmp_path / "out", update_baseline=True)
+    config = load_config(out=tmp_path / "out", bench__update_baseline=True)
+    result = bench(config, suite)
     figures = result.figures
     for name in ("eval.top1", "eval.macro_f1", "eval.ece", "export.onnx.top1_agreement",
                  "export.int8.top1_drop_points", "predict.images_per_s", "predict.top1",
@@ -84,7 +86,7 @@ def test_bench_skips_cleanly_when_the_real_data_is_absent(tmp_path):
         tolerances={"real.eval.top1": {"max_drop": 0.02}},
     )
     with pytest.raises(BenchSkipped, match="is not on this machine"):
-        bench(suite, tmp_path / "out")
+        bench(load_config(out=tmp_path / "out"), suite)
     done = CliRunner().invoke(app, ["bench", str(suite)])
     assert done.exit_code == 0 and "skipped" in done.output
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,9 @@ import pytest
 from PIL import Image
 
 from jianmu.engine.evaluate import EvalResult, Misclassified
-from jianmu.report.eval_report import _taxonomic_order, write_eval_report
+from jianmu.report.eval_files import write_eval_report
+from jianmu.report.eval_page import write_markdown
+from jianmu.report.plots import _taxonomic_order
 
 CLASSES = ["Dalbergia_odorifera", "Dalbergia_latifolia", "Tectona_grandis", "Pinus_sp", "odd<b>"]
 CONFUSION = np.array(
@@ -228,6 +231,25 @@ def test_markdown_report(written):
     # Per-class rows run from the lowest F1 up: Pinus_sp (recall 0.7) before Tectona_grandis.
     assert text.index("| Pinus_sp |") < text.index("| Tectona_grandis |")
     assert "odd\\<b\\>" in text
+    assert "specimens identified" not in text  # absent from specimen_metrics: no row
+
+
+def test_markdown_shows_the_specimen_rule(result, tmp_path):
+    specimen = {
+        **result.specimen_metrics,
+        "identified": 0.75,
+        "identified_top1": np.float64(0.9667),
+        "rule": "A specimen is identified when its mean top-1 probability is at least 0.8.",
+    }
+    path = write_markdown(
+        dataclasses.replace(result, specimen_metrics=specimen), tmp_path / "report.md"
+    )
+    text = path.read_text(encoding="utf-8")
+    assert "| specimens identified |  | 75.0% |" in text
+    assert "| top-1 of identified specimens |  | 96.7% |" in text
+    assert "| top-1 | 86.7% | 91.7% |" in text
+    table_end = text.index("| images / specimens | 45 | 12 |")
+    assert text.index("A specimen is identified when", table_end) > table_end
 
 
 def test_html_report_is_self_contained_and_escaped(written):

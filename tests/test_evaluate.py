@@ -1,4 +1,5 @@
-"""Calibration stored after training, `jianmu eval` and the open-set protocol, on tiny data."""
+"""Calibration stored after training, `jianmu eval` and the leave-species-out experiment, on tiny
+data."""
 
 import csv
 import json
@@ -6,18 +7,19 @@ import shutil
 
 import numpy as np
 import pytest
-from tiny import tiny_config
+from tiny import settings, tiny_config
 from typer.testing import CliRunner
 
 from jianmu.bundle import load_model
+from jianmu.calibration.apply import RULES
 from jianmu.cli import app
-from jianmu.config import EvalConfig
+from jianmu.data.split import manifest_items, read_manifest
 from jianmu.data.synth import generate_dataset
 from jianmu.engine.evaluate import evaluate
-from jianmu.engine.inference import collect_outputs
-from jianmu.engine.openset import RULES, run_open_set
+from jianmu.engine.leave_species_out import leave_species_out
 from jianmu.engine.train import train
 from jianmu.models import load_checkpoint
+from jianmu.verdict import UNKNOWN
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +37,13 @@ def test_training_stores_calibration_and_unknown_rule(trained):
     assert calibration["temperature"] > 0 and calibration["views"] == 1
     assert set(unknown["thresholds"]) == set(RULES) and unknown["rule"] == "relative_mahalanobis"
     assert {"openset.means", "openset.background_mean", "openset.knn"} <= set(checkpoint.extras)
-    scorer = load_model(result.run_dir).scorer
-    index = {name: i for i, name in enumerate(checkpoint.classes)}
-    with open(result.run_dir / "manifest.csv", newline="") as stream:
-        val = [
-            (base / "data" / row["path"], index[row["class"]])
-            for row in csv.DictReader(stream)
-            if row["split"] == "val"
-        ]
-    outputs = collect_outputs(checkpoint.build_model(), val, checkpoint.preprocessing)
+    bundle = load_model(result.run_dir)
+    rows = read_manifest(result.run_dir / "manifest.csv")
+    val = manifest_items(rows, base / "data", checkpoint.classes)["val"]
+    outputs = bundle.run(val)  # what predict computes: the thresholds hold on it
+    temperature = calibration["temperature"]
     for rule in RULES:  # each threshold keeps the target share of known validation images
-        scores = scorer.score(rule, outputs)
+        scores = bundle.statistics.score(rule, outputs.logits, outputs.embeddings, temperature)
         assert np.mean(scores >= unknown["thresholds"][rule]) >= unknown["target_known_recall"]
 
 
@@ -61,7 +59,7 @@ def test_eval_writes_the_report_and_survives_bad_and_unknown_images(trained, tmp
     generate_dataset(stranger, "wood", classes=1, per_class=6, size=48, seed=9, class_names=names)
     shutil.copytree(stranger / "Tectona_grandis", data / "Tectona_grandis")
     out = tmp_path / "report"
-    evaluation = evaluate(result.run_dir, data, out, EvalConfig(tta=True))
+    evaluation = evaluate(settings(data__root=data, out=out, eval__tta=True), result.run_dir)
 
     names = {p.name for p in out.iterdir()}
     assert {"metrics.json", "report.md", "report.html", "per_class.csv", "confusion.png"} <= names
@@ -79,7 +77,7 @@ def test_eval_writes_the_report_and_survives_bad_and_unknown_images(trained, tmp
     with open(out / "predictions.csv", newline="") as stream:
         predictions = list(csv.DictReader(stream))
     assert len(predictions) == 48 and str(bad) not in {row["path"] for row in predictions}
-    flagged = [row for row in predictions if row["verdict"] == "unknown - refer to lab"]
+    flagged = [row for row in predictions if row["verdict"] == UNKNOWN]
     threshold = evaluation.open_set["threshold"]
     assert all(float(row["unknown_score"]) < threshold for row in flagged)
     assert len(flagged) == round(evaluation.open_set["known_flagged_unknown"] * 48)
@@ -102,7 +100,7 @@ def test_cli_eval(trained, tmp_path):
 def test_open_set_protocol_table_and_reuse(tmp_path):
     generate_dataset(tmp_path / "data", "wood", classes=3, per_class=12, size=48, seed=4)
     config = tiny_config(tmp_path / "data", tmp_path / "os", "train.epochs=1")
-    result = run_open_set(config)
+    result = leave_species_out(config, views=(1,))
     assert len(result.rows) == 3 * len(RULES)
     assert result.best_rule in RULES
     for row in result.rows:
@@ -114,14 +112,15 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
     assert saved["best_rule"] == result.best_rule
     checkpoint = tmp_path / "os" / f"without-{result.rows[0]['held_out']}" / "best.safetensors"
     stamp = checkpoint.stat().st_mtime
-    again = run_open_set(config)  # trained folds are reused, not trained again
+    again = leave_species_out(config, views=(1,))  # trained runs are reused, not trained again
     assert again.rows == result.rows
     assert checkpoint.stat().st_mtime == stamp
 
 
 def test_cli_eval_follows_the_models_own_tta_setting(tmp_path):
     generate_dataset(tmp_path / "data", "wood", classes=3, per_class=12, size=48, seed=5)
-    run = train(tiny_config(tmp_path / "data", tmp_path / "run", "eval.tta=true", "train.epochs=1"))
+    config = tiny_config(tmp_path / "data", tmp_path / "run", "calibration.tta=true")
+    run = train(config.updated(train__epochs=1))
     assert load_checkpoint(run.run_dir).meta["calibration"]["views"] == 8
     runner = CliRunner()
     args = ["eval", str(run.run_dir), "--data", str(tmp_path / "data")]

@@ -10,12 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny import tiny_config
+from tiny import settings, tiny_config
 from typer.testing import CliRunner
 
 from jianmu.bundle import META_KEY, OnnxBundle, load_model
 from jianmu.cli import app
-from jianmu.config import ExportConfig
 from jianmu.data.preprocess import load_preprocessed
 from jianmu.data.synth import generate_dataset
 from jianmu.engine import export as export_module
@@ -30,7 +29,7 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     names = ["Dalbergia_odorifera", "Pterocarpus_santalinus", "Tectona_grandis"]
     generate_dataset(base / "data", "wood", 3, per_class=12, size=48, seed=5, class_names=names)
-    config = tiny_config(base / "data", base / "run", "eval.tta=true")
+    config = tiny_config(base / "data", base / "run", "calibration.tta=true")
     return train(config).run_dir
 
 
@@ -46,7 +45,7 @@ def test_export_writes_a_self_contained_bundle_that_predicts_like_the_checkpoint
     run, tmp_path, form
 ):
     out = tmp_path / f"model.{form}"
-    result = export(run, form, out)
+    result = export(settings(out=out, export__format=form), run)
     assert result.path == out and out.is_file() and result.size_bytes == out.stat().st_size
     parity = result.parity
     assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["images"] > 0
@@ -83,7 +82,7 @@ def test_export_writes_a_self_contained_bundle_that_predicts_like_the_checkpoint
 
 
 def test_onnx_bundle_declares_opset_dynamic_batch_and_metadata(run, tmp_path):
-    path = export(run, "onnx", tmp_path / "m.onnx").path
+    path = export(settings(out=tmp_path / "m.onnx"), run).path
     model = onnx.load(str(path))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
@@ -93,7 +92,7 @@ def test_onnx_bundle_declares_opset_dynamic_batch_and_metadata(run, tmp_path):
 
 
 def test_int8_export_is_quantized_guarded_and_keeps_its_unknown_recall(run, tmp_path):
-    result = export(run, "onnx", tmp_path / "m.int8.onnx", int8=True)
+    result = export(settings(out=tmp_path / "m.int8.onnx", export__int8=True), run)
     model = onnx.load(str(result.path))
     operators = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= operators  # static QDQ
@@ -108,19 +107,19 @@ def test_int8_export_is_quantized_guarded_and_keeps_its_unknown_recall(run, tmp_
 
 
 def test_int8_guard_refuses_an_accuracy_drop_and_leaves_no_file(run, tmp_path, monkeypatch):
-    real = export_module._parity
+    real = export_module.measure_parity
 
     def worse(*args):
         figures = real(*args)
         return {**figures, "top1_reference": 0.90, "top1_export": 0.889}  # 1.1 points
 
-    monkeypatch.setattr(export_module, "_parity", worse)
+    monkeypatch.setattr(export_module, "measure_parity", worse)
     out = tmp_path / "m.int8.onnx"
     with pytest.raises(ExportCheckError, match="fell 1.10 points"):
-        export(run, "onnx", out, int8=True)
+        export(settings(out=out, export__int8=True), run)
     assert not out.exists() and not list(tmp_path.iterdir())
-    config = ExportConfig(int8_max_top1_drop=1.2)  # the limit is a setting
-    assert export(run, "onnx", out, int8=True, config=config).parity["passed"]
+    config = settings("export.int8_max_top1_drop=1.2", out=out, export__int8=True)  # a setting
+    assert export(config, run).parity["passed"]
 
 
 def test_parity_check_catches_mismatched_preprocessing(run, tmp_path, monkeypatch):
@@ -134,7 +133,7 @@ def test_parity_check_catches_mismatched_preprocessing(run, tmp_path, monkeypatc
     monkeypatch.setattr(export_module, "_bundle_meta", broken)
     out = tmp_path / "m.onnx"
     with pytest.raises(ExportCheckError, match="agrees with PyTorch on") as caught:
-        export(run, "onnx", out)
+        export(settings(out=out), run)
     assert caught.value.parity["top1_agreement"] < 0.995 and not out.exists()
     result = CliRunner().invoke(app, ["export", str(run), "-o", str(out)])
     assert result.exit_code == 1 and "export refused" in result.output and not out.exists()
@@ -146,18 +145,18 @@ def test_cli_export_prints_parity_and_writes_the_bundle(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "top-1 agreement" in result.output and "100.00%" in result.output and out.is_file()
     bad = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
-    assert bad.exit_code == 2 and "unknown export format" in bad.output
+    assert bad.exit_code == 2 and "export.format" in bad.output and "'onnx'" in bad.output
     bad = CliRunner().invoke(app, ["export", str(run), "--format", "torchscript", "--int8"])
     assert bad.exit_code == 2 and "--int8 needs --format onnx" in bad.output
 
 
 def test_export_without_validation_images_says_how_to_give_them(run, tmp_path):
     with pytest.raises(JianmuError, match="pass --data ROOT"):
-        export(run, "onnx", tmp_path / "m.onnx", data=tmp_path / "nowhere")
+        export(settings(out=tmp_path / "m.onnx", data__root=tmp_path / "nowhere"), run)
 
 
 def test_loading_an_onnx_bundle_does_not_import_torch(run, tmp_path):
-    path = export(run, "onnx", tmp_path / "m.onnx").path
+    path = export(settings(out=tmp_path / "m.onnx"), run).path
     image = next((run.parent / "data").rglob("*.jpg"))
     code = f"""
 import sys
@@ -199,7 +198,7 @@ def test_a_checkpoint_carrying_pickled_objects_is_refused_without_running_them(t
 
 
 def test_bundles_with_missing_or_inconsistent_metadata_are_refused(run, tmp_path):
-    path = export(run, "onnx", tmp_path / "m.onnx").path
+    path = export(settings(out=tmp_path / "m.onnx"), run).path
     model = onnx.load(str(path))
     properties = {p.key: p.value for p in model.metadata_props}
 

@@ -6,30 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from jianmu import scoring
 from jianmu.errors import JianmuError
 from jianmu.metrics import (
-    KnnModel,
-    MahalanobisModel,
-    aggregate_by_group,
     auroc_known_vs_unknown,
     classification_report,
     confusion,
     expected_calibration_error,
-    fit_knn,
-    fit_mahalanobis,
-    fit_temperature,
     group_accuracy,
     macro_f1,
     most_confused_pairs,
     open_set_report,
     reliability_bins,
-    score_energy,
-    score_knn,
-    score_mahalanobis,
-    score_msp,
-    softmax,
-    threshold_for_recall,
     topk_accuracy,
     within_group_errors,
 )
@@ -47,9 +34,6 @@ TARGETS = np.array([0, 1, 2, 1])
 PREDICTIONS = np.array([0, 0, 2, 2])
 
 
-# --- existing functions --------------------------------------------------------------------------
-
-
 def test_topk_accuracy_and_macro_f1_keep_their_behaviour():
     assert topk_accuracy(PROBABILITIES, TARGETS, 1) == 0.5  # rows 0 and 2
     assert topk_accuracy(PROBABILITIES, TARGETS, 2) == 1.0
@@ -57,25 +41,6 @@ def test_topk_accuracy_and_macro_f1_keep_their_behaviour():
     assert math.isnan(topk_accuracy(np.zeros((0, 3)), np.zeros(0, dtype=int)))
     # per-class F1: class 0 2/3, class 1 0, class 2 2/3 -> mean 4/9
     assert macro_f1(PREDICTIONS, TARGETS) == pytest.approx(4 / 9)
-
-
-# --- softmax --------------------------------------------------------------------------------------
-
-
-def test_softmax_is_stable_and_honours_temperature():
-    # exp(0) : exp(ln 3) = 1 : 3 -> [1/4, 3/4]
-    expected = [[0.25, 0.75]]
-    assert softmax(np.array([[0.0, math.log(3)]])) == pytest.approx(np.array(expected))
-    assert softmax(np.array([[1000.0, 1000.0 + math.log(3)]])) == pytest.approx(np.array(expected))
-    # (0, 2 ln 3) / 2 = (0, ln 3)
-    halved = softmax(np.array([[0.0, 2 * math.log(3)]]), temperature=2.0)
-    assert halved == pytest.approx(np.array(expected))
-    assert softmax(np.array([1.0, 1.0])) == pytest.approx(np.array([0.5, 0.5]))
-    with pytest.raises(JianmuError, match="temperature"):
-        softmax(np.zeros((1, 2)), temperature=0)
-
-
-# --- classification report ------------------------------------------------------------------------
 
 
 def test_classification_report_by_hand():
@@ -137,9 +102,6 @@ def test_classification_report_rejects_bad_input():
         classification_report(np.zeros((0, 3)), np.zeros(0, dtype=int), ["a", "b", "c"])
 
 
-# --- confusion ------------------------------------------------------------------------------------
-
-
 def test_confusion_counts_and_row_normalisation():
     # true 0 -> 0; true 1 -> 0 and 2; true 2 -> 2; class 3 has no samples
     counts = confusion(PREDICTIONS, TARGETS, num_classes=4)
@@ -168,9 +130,6 @@ def test_most_confused_pairs_sorted_off_diagonal_nonzero():
     assert all(type(count) is int for _, _, count in most_confused_pairs(counts, ["a", "b", "c"]))
 
 
-# --- genus / family -------------------------------------------------------------------------------
-
-
 def test_group_accuracy_and_within_group_errors():
     genus = ["Pinus", "Pinus", "Quercus", "Quercus"]
     targets = np.array([0, 1, 2, 3, 0])
@@ -184,9 +143,6 @@ def test_group_accuracy_and_within_group_errors():
     assert species + 2 / 5 == pytest.approx(group_accuracy(predictions, targets, genus))
     with pytest.raises(JianmuError, match="class indices"):
         group_accuracy(np.array([4]), np.array([0]), genus)
-
-
-# --- calibration ----------------------------------------------------------------------------------
 
 
 def test_reliability_bins_and_ece_by_hand():
@@ -224,154 +180,6 @@ def test_calibration_rejects_logits():
         expected_calibration_error(np.array([[2.0, -1.0]]), np.array([0]))
 
 
-def _calibrated_toy(seed: int = 0, count: int = 2000, num_classes: int = 4):
-    """Logits whose softmax is the true label distribution, and labels drawn from it."""
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(scale=1.5, size=(count, num_classes))
-    cumulative = softmax(logits).cumsum(axis=1)
-    targets = (cumulative < rng.random(count)[:, None]).sum(axis=1).clip(max=num_classes - 1)
-    return logits, targets
-
-
-def test_fit_temperature_undoes_over_confidence():
-    logits, targets = _calibrated_toy()
-    over_confident = 5 * logits
-    temperature = fit_temperature(over_confident, targets)
-    assert temperature > 1
-    assert 3.5 < temperature < 7  # ideally 5
-    before = expected_calibration_error(softmax(over_confident), targets)
-    after = expected_calibration_error(softmax(over_confident, temperature), targets)
-    assert after < before
-    assert fit_temperature(over_confident, targets) == temperature  # deterministic
-
-
-def test_fit_temperature_finds_the_nll_minimum():
-    logits, targets = _calibrated_toy(seed=1, count=500)
-    under_confident = logits / 3
-    temperature = fit_temperature(under_confident, targets)
-    assert temperature < 1
-
-    def nll(t):
-        probabilities = softmax(under_confident, t)
-        return -np.log(probabilities[np.arange(len(targets)), targets]).mean()
-
-    assert nll(temperature) <= min(nll(temperature * 1.05), nll(temperature / 1.05))
-
-
-# --- specimen roll-up -----------------------------------------------------------------------------
-
-SPECIMEN_PROBABILITIES = np.array(
-    [
-        [0.6, 0.3, 0.1],  # b
-        [0.2, 0.5, 0.3],  # a
-        [0.2, 0.2, 0.6],  # b
-        [0.1, 0.1, 0.8],  # c
-        [0.4, 0.4, 0.2],  # a (tie between classes 0 and 1)
-    ]
-)
-SPECIMEN_IDS = ["b", "a", "b", "c", "a"]
-
-
-def test_aggregate_mean():
-    ids, combined = aggregate_by_group(SPECIMEN_PROBABILITIES, SPECIMEN_IDS, "mean")
-    assert ids == ["b", "a", "c"]  # first-seen order
-    # b: ([.6,.3,.1] + [.2,.2,.6]) / 2; a: ([.2,.5,.3] + [.4,.4,.2]) / 2; c: itself
-    expected = [[0.4, 0.25, 0.35], [0.3, 0.45, 0.25], [0.1, 0.1, 0.8]]
-    assert combined == pytest.approx(np.array(expected))
-
-
-def test_aggregate_vote():
-    ids, combined = aggregate_by_group(SPECIMEN_PROBABILITIES, SPECIMEN_IDS, "vote")
-    assert ids == ["b", "a", "c"]
-    # b votes 0 and 2; a votes 1 and 0 (the tie goes to the lower index); c votes 2
-    assert combined.tolist() == [[0.5, 0, 0.5], [0.5, 0.5, 0], [0, 0, 1]]
-
-
-def test_aggregate_max():
-    _, combined = aggregate_by_group(SPECIMEN_PROBABILITIES, SPECIMEN_IDS, "max")
-    # b: max [.6,.3,.6], sum 1.5 -> [.4,.2,.4]; a: max [.4,.5,.3], sum 1.2 -> [1/3, 5/12, 1/4]
-    expected = [[0.4, 0.2, 0.4], [1 / 3, 5 / 12, 1 / 4], [0.1, 0.1, 0.8]]
-    assert combined == pytest.approx(np.array(expected))
-
-
-def test_aggregate_integer_ids_and_errors():
-    ids, combined = aggregate_by_group(SPECIMEN_PROBABILITIES[:3], [7, 3, 7], "mean")
-    assert ids == [7, 3]
-    assert combined[1] == pytest.approx(SPECIMEN_PROBABILITIES[1])
-    with pytest.raises(JianmuError, match="method"):
-        aggregate_by_group(SPECIMEN_PROBABILITIES, SPECIMEN_IDS, "median")
-    with pytest.raises(JianmuError, match="group ids"):
-        aggregate_by_group(SPECIMEN_PROBABILITIES, SPECIMEN_IDS[:2], "mean")
-
-
-# --- open set -------------------------------------------------------------------------------------
-
-
-def test_score_msp_and_energy():
-    logits = np.array([[0.0, math.log(3)], [0.0, 0.0]])
-    assert score_msp(logits) == pytest.approx(np.array([0.75, 0.5]))
-    # logsumexp: ln(1 + 3) = ln 4 and ln(1 + 1) = ln 2
-    assert score_energy(logits) == pytest.approx(np.array([math.log(4), math.log(2)]))
-    # T = 2: 2 * ln(exp(0) + exp(2 ln 3 / 2)) = 2 ln 4
-    energy = score_energy(np.array([[0.0, 2 * math.log(3)]]), temperature=2.0)
-    assert energy == pytest.approx(np.array([2 * math.log(4)]))
-
-
-def test_mahalanobis_by_hand():
-    # class 0 around (0, 0), class 1 around (10, 0); within-class spread 1 along x, 2 along y
-    features = np.array(
-        [[-1, 0], [1, 0], [0, -2], [0, 2], [9, 0], [11, 0], [10, -2], [10, 2]], dtype=float
-    )
-    targets = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    model = fit_mahalanobis(features, targets, ridge=0.0)
-    # covariance: x (1 + 1) * 2 / 8 = 0.5, y (4 + 4) * 2 / 8 = 2 -> precision diag(2, 0.5)
-    assert model.means == pytest.approx(np.array([[0.0, 0.0], [10.0, 0.0]]))
-    assert model.precision == pytest.approx(np.diag([2.0, 0.5]))
-    queries = np.array([[0, 0], [3, 0], [0, 4], [5, 0]], dtype=float)
-    # (3, 0): sqrt(9 * 2) = sqrt 18;  (0, 4): sqrt(16 * 0.5) = sqrt 8, so the point farther away
-    # in plain distance is closer along the spread; (5, 0): sqrt(25 * 2) to both means
-    expected = -np.sqrt([0.0, 18.0, 8.0, 50.0])
-    assert score_mahalanobis(model, queries) == pytest.approx(expected)
-    restored = MahalanobisModel.from_dict(json.loads(json.dumps(model.to_dict())))
-    assert score_mahalanobis(restored, queries) == pytest.approx(expected)
-
-
-def test_mahalanobis_ridge_handles_singular_covariance():
-    # all on the x axis: y variance 0, so only the ridge keeps the precision finite
-    features = np.array([[0, 0], [2, 0], [10, 0], [12, 0]], dtype=float)
-    model = fit_mahalanobis(features, np.array([0, 0, 1, 1]))
-    scores = score_mahalanobis(model, np.array([[1, 0], [1, 1]], dtype=float))
-    assert np.isfinite(scores).all()
-    assert scores[0] == pytest.approx(0, abs=1e-9)
-    assert scores[1] < -10  # off the axis is very unusual
-
-
-def test_knn_by_hand():
-    # normalised bank: (1, 0), (0, 1), (1, 0)
-    model = fit_knn(np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]))
-    queries = np.array([[3.0, 0.0], [1.0, 1.0]])
-    # (3, 0) -> (1, 0): distances 0, sqrt 2, 0
-    # (1, 1) -> (1, 1)/sqrt 2: every distance sqrt(2 - 2 / sqrt 2) = sqrt(2 - sqrt 2)
-    diagonal = -math.sqrt(2 - math.sqrt(2))
-    assert score_knn(model, queries, k=1) == pytest.approx(np.array([0, diagonal]), abs=1e-12)
-    assert score_knn(model, queries, k=2) == pytest.approx(np.array([0, diagonal]), abs=1e-12)
-    expected = np.array([-math.sqrt(2), diagonal])
-    assert score_knn(model, queries, k=3) == pytest.approx(expected)
-    restored = KnnModel.from_dict(json.loads(json.dumps(model.to_dict())))
-    assert score_knn(restored, queries, k=3) == pytest.approx(expected)
-    with pytest.raises(JianmuError, match="k must be"):
-        score_knn(model, queries, k=4)
-
-
-def test_knn_chunking_gives_the_same_scores(monkeypatch):
-    rng = np.random.default_rng(0)
-    model = fit_knn(rng.normal(size=(7, 3)))
-    queries = rng.normal(size=(5, 3))
-    whole = score_knn(model, queries, k=2)
-    monkeypatch.setattr(scoring, "_CHUNK_ELEMENTS", 8)  # one query row per block
-    assert score_knn(model, queries, k=2) == pytest.approx(whole)
-
-
 def test_auroc_known_vs_unknown():
     # pairs known > unknown: .9>.5 .9>.1 .8>.5 .8>.1 .4>.1 (not .4>.5) -> 5 of 6
     auroc = auroc_known_vs_unknown(np.array([0.9, 0.8, 0.4]), np.array([0.5, 0.1]))
@@ -379,48 +187,6 @@ def test_auroc_known_vs_unknown():
     assert auroc_known_vs_unknown(np.array([0.5]), np.array([0.5])) == 0.5  # a tie counts half
     with pytest.raises(JianmuError, match="unknown scores"):
         auroc_known_vs_unknown(np.array([0.5]), np.array([]))
-
-
-# --- thresholds -----------------------------------------------------------------------------------
-
-
-def test_threshold_for_recall_by_hand():
-    # halfway between the last score kept and the next one down: robust to tiny differences
-    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.9])  # descending: .9 .8 .4 .35 .1
-    assert threshold_for_recall(scores, 0.6) == pytest.approx(0.375)  # 3 of 5: keep .4, not .35
-    assert threshold_for_recall(scores, 0.61) == pytest.approx(0.225)  # 3.05 -> 4 of 5 needed
-    assert threshold_for_recall(scores, 1.0) == pytest.approx(-0.025)  # all: below the minimum
-    assert threshold_for_recall(scores, 0.01) == pytest.approx(0.85)  # one needed
-    # 0.7 * 10 is 7.000000000000001 in floating point, yet 7 of 10 is enough
-    assert threshold_for_recall(np.arange(10.0), 0.7) == 2.5
-    # ties: 2 of 4 needed; t = 0.5 keeps 3 of 4, and any t above 0.5 keeps none
-    assert threshold_for_recall(np.array([0.5, 0.5, 0.5, 0.2]), 0.5) == 0.5
-
-
-@pytest.mark.parametrize("seed", range(10))
-def test_threshold_for_recall_keeps_the_fewest_images_that_reach_the_target(seed):
-    rng = np.random.default_rng(seed)
-    scores = rng.integers(0, 8, size=rng.integers(1, 40)).astype(float)  # many ties
-    for target in (0.05, 0.5, 0.7, 0.9, 0.95, 1.0, rng.random()):
-        threshold = threshold_for_recall(scores, target)
-        assert np.mean(scores >= threshold) >= target
-        kept = scores[scores >= threshold]
-        above = scores[scores > kept.min()]
-        if len(above):  # keeping one distinct score fewer would miss the target
-            assert np.mean(scores >= above.min()) < target
-        below = scores[scores < threshold]
-        if len(below) and threshold not in scores:  # halfway to the next score down
-            assert threshold == pytest.approx((below.max() + kept.min()) / 2)
-        elif len(below):  # on a score only when that score is tied with the next one down
-            assert np.sum(scores == threshold) >= 2
-
-
-def test_threshold_for_recall_rejects_bad_targets():
-    for target in (0.0, -0.1, 1.5):
-        with pytest.raises(JianmuError, match="target recall"):
-            threshold_for_recall(np.array([0.5]), target)
-    with pytest.raises(JianmuError, match="non-empty"):
-        threshold_for_recall(np.array([]), 0.9)
 
 
 def test_open_set_report_by_hand():

@@ -27,25 +27,22 @@ from imagefiles import (
     write_zero_byte,
 )
 from PIL import Image
-from tiny import tiny_config
+from tiny import settings, tiny_config
 from typer.testing import CliRunner
 
-from jianmu.bundle import DIHEDRAL_VIEWS, load_model
+from jianmu.bundle import load_model
 from jianmu.cli import app
 from jianmu.data.images import MAX_PIXELS
+from jianmu.data.inputs import find_inputs
+from jianmu.data.preprocess import DIHEDRAL_VIEWS
 from jianmu.data.synth import generate_dataset
-from jianmu.engine.evaluate import UNKNOWN_VERDICT as EVAL_UNKNOWN_VERDICT
 from jianmu.engine.export import export
-from jianmu.engine.predict import (
-    IDENTIFIED,
-    UNKNOWN_VERDICT,
-    PredictInterrupted,
-    find_inputs,
-    predict,
-)
+from jianmu.engine.predict import PredictInterrupted, predict
 from jianmu.engine.train import train
 from jianmu.errors import JianmuError
 from jianmu.report.predict_files import csv_columns, read_results, specimens_path
+from jianmu.verdict import IDENTIFIED
+from jianmu.verdict import UNKNOWN as UNKNOWN_VERDICT
 
 CLASSES = ["Dalbergia_odorifera", "Senna_siamea", "Tectona_grandis"]
 IMAGE_KEYS = {
@@ -86,7 +83,7 @@ def trained(tmp_path_factory):
     )
     config = tiny_config(base / "data", base / "run", "train.epochs=1")
     run_dir = train(config).run_dir
-    onnx = export(run_dir, "onnx", out=base / "model.onnx").path
+    onnx = export(settings(out=base / "model.onnx"), run_dir).path
     return base, run_dir, onnx
 
 
@@ -146,7 +143,7 @@ def test_every_input_gets_one_row_with_its_status(trained, field, tmp_path):
     missing = tmp_path / "nowhere.jpg"
     not_image = write_text(tmp_path / "memo.pdf")  # named explicitly: classified (and refused)
     out = tmp_path / "results.csv"
-    result = predict(run_dir, [field, missing, not_image], out=out, batch_size=3)
+    result = predict(settings(out=out, predict__batch_size=3), run_dir, [field, missing, not_image])
     rows = _read_csv(out)
     assert len(rows) == len(EXPECTED_STATUS) + 2 == result.summary["images"]
     statuses = {Path(r["path"]).relative_to(field).as_posix(): r["status"] for r in rows[:-2]}
@@ -165,10 +162,9 @@ def test_every_input_gets_one_row_with_its_status(trained, field, tmp_path):
 
 def test_records_carry_calibrated_shares_verdict_and_taxonomy(trained, field):
     _, run_dir, _ = trained
-    result = predict(run_dir, [field], top_k=2, batch_size=4)
+    result = predict(settings(predict__top_k=2, predict__batch_size=4), run_dir, [field])
     bundle = load_model(run_dir)
     threshold = bundle.calibration(1).threshold
-    assert UNKNOWN_VERDICT == EVAL_UNKNOWN_VERDICT
     for record in result.images:
         assert set(record) == IMAGE_KEYS
         if record["status"] != "ok":
@@ -198,7 +194,9 @@ def test_output_schemas_csv_json_jsonl(trained, field, tmp_path):
     _, run_dir, _ = trained
     for suffix in (".csv", ".json", ".jsonl"):
         out = tmp_path / f"results{suffix}"
-        result = predict(run_dir, [field], out=out, batch_size=4, keep_images=False)
+        result = predict(
+            settings(out=out, predict__batch_size=4), run_dir, [field], keep_images=False
+        )
         assert out in result.files
         if suffix == ".json":
             document = json.loads(out.read_text(encoding="utf-8"))
@@ -230,7 +228,7 @@ def test_output_schemas_csv_json_jsonl(trained, field, tmp_path):
 
 def test_specimen_roll_up_is_the_mean_of_its_images(trained, field):
     _, run_dir, _ = trained
-    result = predict(run_dir, [field], top_k=3)
+    result = predict(settings(predict__top_k=3), run_dir, [field])
     members = [r for r in result.images if r["specimen"] == "S01"]
     specimen = next(s for s in result.specimens if s["specimen"] == "S01")
     assert specimen["images"] == specimen["ok_images"] == 2
@@ -273,7 +271,7 @@ def test_specimen_verdict_needs_a_majority_that_agrees(trained, tmp_path):
             rows.append((str(path), specimen, verdict, best))
     out = tmp_path / "done.csv"
     _write_rows(out, rows)
-    result = predict(run_dir, [folder], out=out, resume=True, top_k=1)
+    result = predict(settings(out=out, predict__resume=True, predict__top_k=1), run_dir, [folder])
     assert result.summary["resumed"] == len(rows) and result.summary["images"] == len(rows)
     verdicts = {s["specimen"]: (s["verdict"], s["top"][0]["class"]) for s in result.specimens}
     assert verdicts == {
@@ -284,12 +282,12 @@ def test_specimen_verdict_needs_a_majority_that_agrees(trained, tmp_path):
     assert result.specimens[0]["species"] == "Senna siamea"
     _write_rows(out, [(rows[0][0], "agree", IDENTIFIED, "Quercus_robur")])
     with pytest.raises(JianmuError, match="another model"):
-        predict(run_dir, [folder], out=out, resume=True)
+        predict(settings(out=out, predict__resume=True), run_dir, [folder])
 
 
 def test_ctrl_c_saves_valid_partial_output_and_resume_finishes(trained, field, tmp_path):
     _, run_dir, _ = trained
-    whole = predict(run_dir, [field], out=tmp_path / "whole.csv", batch_size=3)
+    whole = predict(settings(out=tmp_path / "whole.csv", predict__batch_size=3), run_dir, [field])
     handler = signal.getsignal(signal.SIGINT)
     for suffix in (".csv", ".json", ".jsonl"):
         out = tmp_path / f"partial{suffix}"
@@ -299,12 +297,14 @@ def test_ctrl_c_saves_valid_partial_output_and_resume_finishes(trained, field, t
                 signal.raise_signal(signal.SIGINT)
 
         with pytest.raises(PredictInterrupted) as caught:
-            predict(run_dir, [field], out=out, batch_size=3, progress=interrupt)
+            predict(settings(out=out, predict__batch_size=3), run_dir, [field], interrupt)
         partial = read_results(out)
         assert len(partial) == 3 and caught.value.result.interrupted
         if suffix == ".json":
             assert json.loads(out.read_text("utf-8"))["summary"]["interrupted"] is True
-        resumed = predict(run_dir, [field], out=out, resume=True, batch_size=3)
+        resumed = predict(
+            settings(out=out, predict__resume=True, predict__batch_size=3), run_dir, [field]
+        )
         records = read_results(out)
         assert resumed.summary["resumed"] == 3 and resumed.summary["images"] == len(records)
         assert [r["path"] for r in records] == [r["path"] for r in whole.images]
@@ -316,11 +316,11 @@ def test_ctrl_c_saves_valid_partial_output_and_resume_finishes(trained, field, t
 def test_resume_cuts_a_row_left_half_written(trained, field, tmp_path):
     _, run_dir, _ = trained
     out = tmp_path / "results.csv"
-    predict(run_dir, [field / "S01"], out=out)
+    predict(settings(out=out), run_dir, [field / "S01"])
     with open(out, "a", encoding="utf-8") as stream:
         stream.write(f"{field / 'S02' / 'b1.jpg'},S02,ok,identi")  # power cut mid-row
     assert len(read_results(out)) == 2
-    result = predict(run_dir, [field], out=out, resume=True)
+    result = predict(settings(out=out, predict__resume=True), run_dir, [field])
     rows = _read_csv(out)
     assert len(rows) == len(EXPECTED_STATUS) == result.summary["images"]
     assert len({row["path"] for row in rows}) == len(rows)
@@ -367,8 +367,8 @@ def test_html_gets_records_and_thumbnails(trained, field, tmp_path, monkeypatch)
         return Path(path)
 
     monkeypatch.setattr(predict_html, "write_predict_html", fake)
-    result = predict(run_dir, [field], out=tmp_path / "r.csv", html=tmp_path / "r.html",
-                     keep_images=False)  # fmt: skip
+    config = settings(out=tmp_path / "r.csv", predict__html=tmp_path / "r.html")
+    result = predict(config, run_dir, [field], keep_images=False)
     assert tmp_path / "r.html" in result.files
     assert len(received["images"]) == len(EXPECTED_STATUS)
     ok = {r["path"] for r in received["images"] if r["status"] == "ok"}
@@ -380,13 +380,16 @@ def test_html_gets_records_and_thumbnails(trained, field, tmp_path, monkeypatch)
 
 def test_backends_agree_and_tta(trained, field, tmp_path):
     _, run_dir, onnx = trained
-    torchscript = export(run_dir, "torchscript", out=tmp_path / "model.torchscript").path
-    results = [predict(model, [field / "S01"]) for model in (run_dir, onnx, torchscript)]
+    config = settings(out=tmp_path / "model.torchscript", export__format="torchscript")
+    torchscript = export(config, run_dir).path
+    results = [
+        predict(settings(), model, [field / "S01"]) for model in (run_dir, onnx, torchscript)
+    ]
     assert [r.summary["model_format"] for r in results] == ["checkpoint", "onnx", "torchscript"]
     shares = [[e["probability"] for r in result.images for e in r["top"]] for result in results]
     np.testing.assert_allclose(shares[1], shares[0], atol=1e-4)
     np.testing.assert_allclose(shares[2], shares[0], atol=1e-4)
-    tta = predict(onnx, [field / "S01"], tta=True)
+    tta = predict(settings(predict__tta=True), onnx, [field / "S01"])
     assert tta.summary["tta"] is True
     assert tta.images[0]["threshold"] == load_model(onnx).calibration(DIHEDRAL_VIEWS).threshold
 

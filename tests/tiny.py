@@ -19,3 +19,9 @@ def tiny_config(root, out, *overrides: str) -> Config:
             *overrides,
         ]
     )
+
+
+def settings(*overrides: str, **options) -> Config:
+    """A default config with ``overrides`` (``a.b=v``) and ``options`` (``a__b=v``), as the CLI
+    builds one from its options."""
+    return load_config(None, list(overrides), **options)

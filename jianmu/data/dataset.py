@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from jianmu.data.images import ImageDecodeError, load_image
+from jianmu.data.preprocess import preprocess
+from jianmu.data.spec import TransformSpec
 
 
 class ImageDataset(Dataset):
@@ -109,6 +111,17 @@ def class_balanced_weights(labels: Sequence[int]) -> list[float]:
     """Per-sample weights so that each class is drawn equally often."""
     counts = np.bincount(np.asarray(labels))
     return [1.0 / counts[label] for label in labels]
+
+
+class PreprocessTransform:
+    """The eval preprocessing (:func:`jianmu.data.preprocess.preprocess`) as a tensor transform,
+    for the training loop's validation batches: the same pixels every later model run sees."""
+
+    def __init__(self, spec: TransformSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(preprocess(image, self.spec))
 
 
 class TolerantImageDataset(ImageDataset):

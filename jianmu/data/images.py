@@ -73,6 +73,26 @@ def load_image(path: str | Path, size: int | None = None) -> Image.Image:
     return _decode(Path(path), size)[0]
 
 
+def check_readable(path: str | Path) -> None:
+    """Name the two reasons an inspector can act on before decoding: a wrong path (or a broken
+    link, or a folder) and a file they may not read.
+
+    Raises:
+        ImageDecodeError: "not found", "cannot read (broken link)", "not an image (a folder)",
+            "cannot read (<reason>)".
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        reason = "not found" if not os.path.lexists(path) else "cannot read (broken link)"
+        raise ImageDecodeError(path, reason) from None
+    except IsADirectoryError:
+        raise ImageDecodeError(path, "not an image (a folder)") from None
+    except OSError as error:
+        raise ImageDecodeError(path, f"cannot read ({error.strerror or error})") from None
+
+
 def probe_image(path: str | Path) -> ImageProbe:
     """Header, mode and orientation of ``path``; truncation is found by a small draft decode."""
     return probe_and_thumbnail(Path(path))[0]

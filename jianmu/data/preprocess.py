@@ -1,8 +1,11 @@
-"""The eval preprocessing of a :class:`TransformSpec` in numpy and OpenCV alone.
+"""The one eval preprocessing of a :class:`TransformSpec`, in numpy and OpenCV alone, and the
+test-time views.
 
-Resize the shorter side to ``floor(input_size / crop_pct)``, center crop, normalize: the same
-arithmetic as the albumentations eval transform (``build_spec_transform``; a test holds them
-equal), without importing torch or albumentations, so an ONNX bundle runs on numpy arrays.
+Resize the shorter side to ``floor(input_size / crop_pct)``, center crop, normalize. Every model
+run goes through it: training's validation, calibration, eval, export parity, predict. It imports
+neither torch nor albumentations, so an ONNX bundle runs on numpy arrays. (The albumentations eval
+transform, ``build_spec_transform``, does the same arithmetic; it is kept only as the independent
+reference of the export parity check, and a test holds the two equal.)
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ def interpolation_flag(name: str) -> int:
             f"unknown interpolation {name!r}; choose one of {', '.join(INTERPOLATIONS)}"
         )
     return INTERPOLATIONS[name]
+
+
+# The 8 symmetries of a square: end-grain and seed photos have no "up", so each is a valid view.
+DIHEDRAL_VIEWS = 8
+
+
+def dihedral(batch: np.ndarray, view: int) -> np.ndarray:
+    """View ``view`` (0..7) of an N x C x H x W batch: ``view % 4`` quarter turns, then a flip
+    if ``view >= 4``."""
+    rotated = np.rot90(batch, view % 4, axes=(2, 3))
+    return np.ascontiguousarray(rotated[..., ::-1] if view >= 4 else rotated)
 
 
 def decode_size(spec: TransformSpec) -> int:

@@ -83,12 +83,12 @@ def find_dataset(
     ]
     samples: list[Sample] = []
     for label in classes:
-        for relative in _walk_files(root / label):
+        for relative in walk_files(root / label):
             path = root / label / relative
             if path.suffix.lower() not in suffixes:
                 skipped.append(path)
                 continue
-            specimen = _specimen_id(relative, pattern)
+            specimen = specimen_from_name(relative, pattern) or relative.as_posix()
             samples.append(Sample(path=path, label=label, specimen=f"{label}/{specimen}"))
     skipped.sort(key=lambda path: _path_key(path.relative_to(root)))
     return DatasetFiles(root=root, classes=classes, samples=samples, skipped=skipped)
@@ -116,7 +116,7 @@ def relative_posix(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _walk_files(folder: Path) -> list[Path]:
+def walk_files(folder: Path) -> list[Path]:
     """Visible files below ``folder`` as relative paths, in natural order of their parts."""
     found: list[Path] = []
     for current, folders, files in os.walk(folder):
@@ -151,16 +151,24 @@ def compile_specimen_pattern(
         raise JianmuError(f"{where}: invalid regex {pattern!r} ({error})") from None
 
 
-def _specimen_id(relative: Path, pattern: re.Pattern[str] | None) -> str:
+def specimen_from_name(relative: Path, pattern: re.Pattern[str] | None) -> str | None:
+    """The specimen of an image, from its path below the folder that holds the specimens (a class
+    folder, or a folder of field photos): the ``specimen`` group (else group 1, else the whole
+    match) of ``pattern`` searched in the file stem; else the first sub-folder; else None (the
+    image is its own specimen)."""
     if pattern is not None:
         match = pattern.search(relative.stem)
         if match:
             named = match.groupdict().get("specimen")
             value = named if named is not None else (match.group(1) if pattern.groups else None)
-            if value is None:
-                value = match.group(0)
+            value = match.group(0) if value is None else value
             if value:
                 return value
     if len(relative.parts) > 1:
         return relative.parts[0]
-    return relative.as_posix()
+    return None
+
+
+def class_index(classes: list[str]) -> dict[str, int]:
+    """Class name -> its index in the model's outputs."""
+    return {name: index for index, name in enumerate(classes)}

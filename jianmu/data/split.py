@@ -30,7 +30,7 @@ from jianmu.data.audit import (
     find_near_duplicate_edges,
     scan_images,
 )
-from jianmu.data.samples import Sample, natural_key, relative_posix
+from jianmu.data.samples import Sample, class_index, natural_key, relative_posix
 from jianmu.errors import JianmuError
 
 SPLITS = ("train", "val", "test")
@@ -299,6 +299,19 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> list[Mani
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise JianmuError(f"{path}: listed image not found under {root}: {missing[0]}{more}")
     return rows
+
+
+def manifest_items(
+    rows: Iterable[ManifestRow], root: str | Path, classes: list[str]
+) -> dict[str, list[tuple[Path, int]]]:
+    """``(path, class index)`` items of each split, for the rows of ``classes`` (others left
+    out)."""
+    index = class_index(classes)
+    items: dict[str, list[tuple[Path, int]]] = {split: [] for split in SPLITS}
+    for row in rows:
+        if row.label in index:
+            items[row.split].append((Path(root) / row.path, index[row.label]))
+    return items
 
 
 def _records_for(

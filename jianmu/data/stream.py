@@ -22,6 +22,9 @@ from jianmu.data.images import ImageDecodeError
 from jianmu.data.preprocess import load_preprocessed
 from jianmu.data.spec import TransformSpec
 
+Decode = Callable[[Path, TransformSpec], tuple[np.ndarray, Any]]
+"""``(path, spec) -> (CHW float32 image, extra)``: a file decoded and preprocessed."""
+
 
 @dataclass
 class Batch:
@@ -45,7 +48,7 @@ def stream_batches(
     batch_size: int = 32,
     workers: int | None = None,
     prefetch: int = 2,
-    decode: Callable[[Path, TransformSpec], tuple[np.ndarray, Any]] | None = None,
+    decode: Decode | None = None,
 ) -> Iterator[Batch]:
     """Batches of preprocessed images of ``paths``, in order; unreadable files are reported in
     :attr:`Batch.errors`, never raised.

@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from jianmu import __version__
+from jianmu.config import DOMAINS
 from jianmu.errors import JianmuError
 
 MARKER = "jianmu synthetic"
-DOMAINS = ("wood", "weed_seed", "insect")
 JPEG_QUALITY = 90
 _DESIGN_SIZE = 256.0
 _SYNTH_FILE = re.compile(r"synth_.+\.jpg")

@@ -7,7 +7,6 @@ albumentations; everything else asks it for a callable ``image (HWC uint8 RGB) -
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import random
@@ -23,7 +22,7 @@ from albumentations.pytorch import ToTensorV2
 from jianmu.config import AugmentConfig
 from jianmu.data.preprocess import interpolation_flag
 from jianmu.data.spec import TransformSpec, as_triple
-from jianmu.errors import JianmuError
+from jianmu.errors import JianmuError, did_you_mean
 
 # Half the samples keep the photo's own orientation (no interpolation softening).
 _ROTATE_P = 0.5
@@ -185,8 +184,7 @@ def _build_entry(entry: Any, where: str) -> Any:
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for key in kwargs:
         if key not in accepted and not open_ended:
-            close = difflib.get_close_matches(key, accepted, n=2, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(key, accepted, n=2, cutoff=0.5)
             raise JianmuError(
                 f"{where}: unknown argument '{key}'{hint} (accepted: {', '.join(accepted)})"
             )
@@ -243,8 +241,4 @@ _TRANSFORMS = _transform_classes()
 
 
 def _hint(name: str) -> str:
-    close = difflib.get_close_matches(name, list(_TRANSFORMS), n=3, cutoff=0.6)
-    if not close:
-        lowered = {key.lower(): key for key in _TRANSFORMS}
-        close = [lowered[key] for key in difflib.get_close_matches(name.lower(), list(lowered))]
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return did_you_mean(name, _TRANSFORMS, n=3, cutoff=0.6)

@@ -23,14 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from jianmu.bundle import load_model
 from jianmu.config import (
     BenchData,
     BenchSuite,
+    Config,
     find_configs_dir,
     load_config,
     read_yaml,
     validate_config,
 )
+from jianmu.data.preprocess import load_preprocessed, preprocess
+from jianmu.data.split import read_manifest
+from jianmu.data.synth import generate_dataset
 from jianmu.engine.baseline import (
     Comparison,
     build_tolerances,
@@ -39,8 +44,13 @@ from jianmu.engine.baseline import (
     load_baseline,
     write_baseline,
 )
+from jianmu.engine.evaluate import evaluate
+from jianmu.engine.export import export
+from jianmu.engine.predict import predict
+from jianmu.engine.train import train
 from jianmu.errors import JianmuError
 from jianmu.files import write_text_atomic
+from jianmu.rundir import RunDir, bundle_name
 
 REPO = find_configs_dir().parent
 
@@ -87,60 +97,51 @@ def load_suite(path: str | Path) -> BenchSuite:
     return suite
 
 
-def bench(
-    suite_name: str | Path,
-    out: str | Path | None = None,
-    update_baseline: bool = False,
-    reporter: Any = None,
-) -> BenchResult:
-    """Run a suite; write ``bench.json`` and ``bench.md`` to ``out``; compare with the baseline
-    (or rewrite it with ``update_baseline``).
+def bench(config: Config, suite: str | Path, reporter: Any = None) -> BenchResult:
+    """Run a suite (a name in ``configs/bench/`` or a YAML path); write ``bench.json`` and
+    ``bench.md`` to ``out`` (default ``runs/bench/<suite>``); compare with the baseline, or
+    rewrite it with ``bench.update_baseline``.
 
     Raises:
         BenchSkipped: a real data set of the suite is absent.
     """
     started = time.perf_counter()
-    path = find_suite(suite_name)
-    suite = load_suite(path)
-    for data in suite.data:
+    path = find_suite(suite)
+    spec = load_suite(path)
+    for data in spec.data:
         if data.root is not None and not _resolve(data.root).is_dir():
             raise BenchSkipped(
-                f"bench {suite.name}: skipped: data set {data.root} is not on this machine"
+                f"bench {spec.name}: skipped: data set {data.root} is not on this machine"
             )
-    out = Path(out) if out is not None else Path("runs") / "bench" / suite.name
+    out = Path(config.out) if config.out is not None else Path("runs") / "bench" / spec.name
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, float] = {}
-    for data in suite.data:
-        figures |= _run_data(suite, data, path, out / data.name, reporter)
+    for data in spec.data:
+        figures |= _run_data(spec, data, path, out / data.name, reporter)
     record = {
-        "suite": suite.name,
+        "suite": spec.name,
         "figures": figures,
         "hardware": hardware(),
         "versions": versions(),
         "git_commit": git_commit(),
-        "seeds": {"seed": suite.seed},
+        "seeds": {"seed": spec.seed},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    baseline_path = _resolve(suite.baseline)
+    baseline_path = _resolve(spec.baseline)
     baseline = load_baseline(baseline_path)
-    tolerances = build_tolerances(suite.tolerances, source=f"{path}: tolerances")
+    tolerances = build_tolerances(spec.tolerances, source=f"{path}: tolerances")
     comparison = compare(figures, baseline and baseline["figures"], tolerances)
     record["comparison"] = comparison.to_dict()
     write_text_atomic(out / "bench.json", json.dumps(record, indent=2, default=_json_default))
     write_text_atomic(out / "bench.md", bench_markdown(record, comparison))
-    if update_baseline:
+    if config.bench.update_baseline:
         write_baseline(baseline_path, record)
-    return BenchResult(suite.name, out, record, comparison, time.perf_counter() - started)
+    return BenchResult(spec.name, out, record, comparison, time.perf_counter() - started)
 
 
 def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, reporter):
-    from jianmu.data.split import read_manifest
-    from jianmu.data.synth import generate_dataset
-    from jianmu.engine.evaluate import evaluate
-    from jianmu.engine.export import export
-    from jianmu.engine.train import train
-
+    """Train, evaluate, export (ONNX, int8) and predict one data set, as the commands do."""
     prefix = f"{data.name}."
     if data.synthetic is not None:
         root = out / "data"
@@ -154,11 +155,10 @@ def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, r
     clock = time.perf_counter()
     trained = train(config, reporter=reporter)
     figures = {"train.seconds": time.perf_counter() - clock}
-    run = trained.run_dir
-    history = (run / "metrics.csv").read_text().splitlines()
-    figures["train.epochs"] = float(len(history) - 1)
-    manifest = run / "manifest.csv"
-    result = evaluate(run, root, out / "eval", config.eval, manifest, "test")
+    run = RunDir(trained.run_dir)
+    figures["train.epochs"] = float(len(trained.history))
+    tested = config.updated(out=out / "eval", data__manifest=run.manifest, eval__split="test")
+    result = evaluate(tested, run.path)
     report = result.metrics
     figures |= {
         "eval.top1": report["top1"],
@@ -166,37 +166,43 @@ def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, r
         "eval.ece": report["ece_after"],
         "eval.ece_before": report["ece_before"],
     }
+    if result.specimen_metrics:
+        figures["eval.specimen.top1"] = result.specimen_metrics["top1"]
     if result.open_set:
         figures["eval.known_flagged_unknown"] = result.open_set["known_flagged_unknown"]
-    onnx = export(run, "onnx", out / "model.onnx", config=config.export)
+    onnx_path = out / bundle_name("model", "onnx")
+    onnx = export(config.updated(out=onnx_path, export__format="onnx"), run.path)
     figures |= {
         "export.onnx.top1_agreement": onnx.parity["top1_agreement"],
         "export.onnx.max_abs_logit_diff": onnx.parity["max_abs_logit_diff"],
     }
     bundles = {"onnx": onnx.path}
     if suite.int8:
-        int8 = export(run, "onnx", out / "model.int8.onnx", int8=True, config=config.export)
+        int8_path = out / bundle_name("model", "onnx", int8=True)
+        int8_config = config.updated(out=int8_path, export__format="onnx", export__int8=True)
+        int8 = export(int8_config, run.path)
         figures |= {
             "export.int8.top1_agreement": int8.parity["top1_agreement"],
             "export.int8.top1_drop_points": int8.parity["int8_top1_drop_points"],
         }
         bundles["int8"] = int8.path
-    tests = [(root / r.path, r.label) for r in read_manifest(manifest) if r.split == "test"]
-    figures |= _predict_figures(onnx.path, tests, out, suite)
+    rows = read_manifest(run.manifest)
+    tests = [(root / r.path, r.label) for r in rows if r.split == "test"]
+    figures |= _predict_figures(config, onnx.path, tests, out, suite)
     if suite.speed is not None:
         paths = [path for path, _ in tests]
-        figures |= _speed_figures(run, bundles, paths, suite, figures, out)
+        figures |= _speed_figures(run.path, bundles, paths, suite, figures, out)
     return {prefix + name: float(value) for name, value in figures.items()}
 
 
-def _predict_figures(bundle: Path, tests: list[tuple[Path, str]], out: Path, suite: BenchSuite):
+def _predict_figures(
+    config: Config, bundle: Path, tests: list[tuple[Path, str]], out: Path, suite: BenchSuite
+) -> dict[str, float]:
     """``jianmu predict`` on the test images listed in a text file, as an inspector runs it."""
-    from jianmu.engine.predict import predict
-
     listing = out / "test-images.txt"
     repeats = suite.speed.predict_repeats if suite.speed else 1
     write_text_atomic(listing, "".join(f"{path.resolve()}\n" for path, _ in tests))
-    result = predict(bundle, [listing] * repeats, out=out / "predictions.csv")
+    result = predict(config.updated(out=out / "predictions.csv"), bundle, [listing] * repeats)
     truth = {str(path.resolve()): label for path, label in tests}
     rows = [row for row in result.images if row["status"] == "ok"]
     correct = [
@@ -212,9 +218,6 @@ def _predict_figures(bundle: Path, tests: list[tuple[Path, str]], out: Path, sui
 
 
 def _speed_figures(run, bundles, paths, suite: BenchSuite, figures, out: Path) -> dict[str, float]:
-    from jianmu.bundle import load_model
-    from jianmu.data.preprocess import load_preprocessed
-
     speed = suite.speed
     onnx = load_model(bundles["onnx"])
     sample = np.stack([load_preprocessed(p, onnx.spec) for p in paths[: speed.batch_size]])
@@ -259,8 +262,6 @@ def fill_batch(images: np.ndarray, size: int) -> np.ndarray:
 def decode_figures(spec, size: tuple[int, int], out: Path, repeats: int = 5) -> dict[str, float]:
     """Milliseconds to decode + preprocess one large photo-like JPEG: draft vs full decoding."""
     from PIL import Image
-
-    from jianmu.data.preprocess import load_preprocessed, preprocess
 
     rng = np.random.default_rng(0)
     coarse = rng.integers(0, 256, (size[1] // 64, size[0] // 64, 3), dtype=np.uint8)

@@ -19,9 +19,11 @@ from jianmu.config import Config, save_config
 from jianmu.data.audit import scan_images
 from jianmu.data.samples import find_samples, relative_posix
 from jianmu.data.split import ManifestRow, split_samples, write_manifest
+from jianmu.engine.splits import data_root
 from jianmu.engine.train import TrainReporter, train
 from jianmu.errors import JianmuError
-from jianmu.models import atomic_write
+from jianmu.files import atomic_write
+from jianmu.rundir import ExperimentDir, fold_name
 
 
 @dataclass
@@ -74,12 +76,10 @@ def make_folds(config: Config, folds: int) -> list[list[ManifestRow]]:
     """Manifest rows (train/val/test) for each of ``folds`` grouped, stratified folds."""
     if folds < 2:
         raise JianmuError(f"--folds must be at least 2, got {folds}")
-    if config.data.root is None:
-        raise JianmuError("no data: give --data ROOT (or data.root in the config)")
-    root = Path(config.data.root)
+    root = data_root(config)
     samples = find_samples(root, config.data.extensions, config.data.specimen_pattern)
     records = scan_images([s.path for s in samples], config.data.workers)
-    names = [f"fold{i + 1}" for i in range(folds)]
+    names = [fold_name(i + 1) for i in range(folds)]
     assigned = split_samples(
         samples, records, config.data, config.seed, root, fractions=dict.fromkeys(names, 1 / folds)
     ).rows
@@ -106,42 +106,45 @@ def cross_validate(
 ) -> CrossValResult:
     """Train one model per fold and collect each fold's test metrics."""
     started = time.perf_counter()
-    out = Path(config.out) if config.out else Path("runs") / time.strftime("cv-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config.model_copy(update={"out": out}), out / "config.yaml")
-    result = CrossValResult(out)
+    folder = ExperimentDir(config.out or Path("runs") / time.strftime("cv-%Y%m%d-%H%M%S"))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    save_config(config.model_copy(update={"out": folder.path}), folder.config)
+    result = CrossValResult(folder.path)
     for index, rows in enumerate(make_folds(config, folds), start=1):
-        run_dir = out / f"fold{index}"
-        manifest = write_manifest(out / f"fold{index}.csv", rows)
+        run = folder.run(fold_name(index))
+        manifest = write_manifest(folder.manifest(fold_name(index)), rows)
         images = {
             split: sum(row.split == split for row in rows) for split in ("train", "val", "test")
         }
         if reporter is not None and hasattr(reporter, "prefix"):
             reporter.prefix = f"fold {index}/{folds} "
         fold_started = time.perf_counter()
-        metrics_file = run_dir / "test_metrics.json"
-        if metrics_file.is_file():
-            done = json.loads((run_dir / "summary.json").read_text())
+        if run.is_finished():
+            done = json.loads(run.summary.read_text())
             fold = FoldResult(
-                index, run_dir, images, done["best_epoch"], done["epochs_run"],
-                json.loads(metrics_file.read_text()), done["wall_seconds"], reused=True,
+                index, run.path, images, done["best_epoch"], done["epochs_run"],
+                json.loads(run.test_metrics.read_text()), done["wall_seconds"], reused=True,
             )  # fmt: skip
         else:
-            data = config.data.model_copy(update={"manifest": manifest})
-            fold_config = config.model_copy(update={"out": run_dir, "data": data})
-            resume = run_dir if (run_dir / "last.state.pt").is_file() else None
+            fold_config = config.model_copy(
+                update={
+                    "out": run.path,
+                    "data": config.data.model_copy(update={"manifest": manifest}),
+                }
+            )
+            resume = run.path if run.can_resume() else None
             trained = train(fold_config, resume=resume, reporter=reporter)
             fold = FoldResult(
-                index, run_dir, images, trained.best_epoch, len(trained.history),
+                index, run.path, images, trained.best_epoch, len(trained.history),
                 trained.test_metrics or {}, time.perf_counter() - fold_started,
             )  # fmt: skip
             keys = ("best_epoch", "epochs_run", "wall_seconds")
             summary = json.dumps({key: getattr(fold, key) for key in keys})
-            atomic_write(run_dir / "summary.json", lambda tmp, text=summary: tmp.write_text(text))
+            atomic_write(run.summary, lambda tmp, text=summary: tmp.write_text(text))
         result.folds.append(fold)
     result.wall_seconds = time.perf_counter() - started
     text = json.dumps(result.to_dict(), indent=2)
-    atomic_write(out / "crossval.json", lambda tmp: tmp.write_text(text))
+    atomic_write(folder.crossval, lambda tmp: tmp.write_text(text))
     return result
 
 

@@ -1,7 +1,12 @@
 """``jianmu eval``: metrics an inspector can rely on: per class, per specimen, calibrated, open set.
 
-:func:`evaluate` runs a checkpoint over a folder or a manifest split and writes the report
-(:mod:`jianmu.report.eval_report`); :class:`EvalResult` is what it measured.
+:func:`evaluate` runs any model form over a folder or a manifest split through the one runner
+(:meth:`jianmu.bundle.ModelBundle.run`), applies its calibration as predict does, rolls specimens
+up with predict's rule (:mod:`jianmu.verdict`) and writes the report
+(:func:`jianmu.report.eval_files.write_eval_report`); :class:`EvalResult` is what it measured.
+
+Settings the config leaves open follow the model: ``eval.tta`` unset means the views the model was
+calibrated for, ``data.specimen_pattern`` unset means the pattern it was trained with.
 """
 
 from __future__ import annotations
@@ -13,14 +18,26 @@ from typing import Any
 import numpy as np
 
 from jianmu import metrics
-from jianmu.bundle import DIHEDRAL_VIEWS, ModelBundle, load_model
-from jianmu.config import IMAGE_EXTENSIONS, EvalConfig
-from jianmu.data.samples import find_samples
+from jianmu.bundle import ModelBundle, load_model
+from jianmu.calibration.apply import calibrated_views, softmax
+from jianmu.config import IMAGE_EXTENSIONS, Config
+from jianmu.data.preprocess import DIHEDRAL_VIEWS
+from jianmu.data.samples import Sample, class_index, find_samples
 from jianmu.data.split import read_manifest
-from jianmu.engine.runner import bundle_outputs
+from jianmu.engine.splits import data_root
 from jianmu.errors import JianmuError
-from jianmu.report.eval_report import write_eval_report
-from jianmu.taxonomy import load_taxonomy
+from jianmu.report.eval_files import write_eval_report
+from jianmu.report.eval_page import REPORT_HTML
+from jianmu.verdict import (
+    IDENTIFIED,
+    SPECIMEN_RULE,
+    SpecimenRollup,
+    SpecimenVerdict,
+    image_verdict,
+    top_k,
+)
+
+DEFAULT_OUT = Path("eval")
 
 
 @dataclass
@@ -32,7 +49,7 @@ class Misclassified:
 
 @dataclass
 class EvalResult:
-    """Everything ``jianmu eval`` measured; :func:`jianmu.report.eval_report.write_eval_report`
+    """Everything ``jianmu eval`` measured; :func:`jianmu.report.eval_files.write_eval_report`
     turns it into files."""
 
     model: str
@@ -52,6 +69,8 @@ class EvalResult:
     most_confused: list[tuple[str, str, int]]
     misclassified: list[Misclassified] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    specimens: list[SpecimenVerdict] | None = None
+    """Each specimen's verdict, as predict gives it (None: every image is its own specimen)."""
     specimen_metrics: dict[str, Any] | None = None
     tta: dict[str, Any] | None = None
     """With TTA: {"views": n, "top1_without": x, "top1_with": y, "gain": y - x}."""
@@ -62,62 +81,88 @@ class EvalResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     """One row per readable image: path, true class, top-1 and its probability, the unknown-rule
     score and the verdict ("identified" or "unknown - refer to lab")."""
+    files: dict[str, Path] = field(default_factory=dict)
+    """The report's files by name; ``page`` is its HTML page."""
+    page: Path | None = None
 
 
-def evaluate(
-    model_path: str | Path | ModelBundle,
-    data: str | Path,
-    out: str | Path,
-    config: EvalConfig | None = None,
-    manifest: str | Path | None = None,
-    split: str = "test",
-    specimen_pattern: str | None = None,
-) -> EvalResult:
-    """Evaluate a run folder, checkpoint or exported bundle on ``data`` (all images, or one split of
-    a manifest); write the report to ``out``. Images of species the model does not know measure the
-    unknown rule; unreadable images are listed, not fatal."""
-    config = config or EvalConfig()
-    bundle = model_path if isinstance(model_path, ModelBundle) else load_model(model_path)
-    classes = bundle.classes
-    labelled = _find_items(Path(data), manifest, split, specimen_pattern)
-    index = {name: i for i, name in enumerate(classes)}
-    known = [(path, index[label], specimen) for path, label, specimen in labelled if label in index]
-    unknown = [(path, -1, specimen) for path, label, specimen in labelled if label not in index]
+def evaluate(config: Config, model: str | Path | ModelBundle) -> EvalResult:
+    """Evaluate a run folder, checkpoint or exported bundle on ``data.root`` (all images, or the
+    ``eval.split`` of ``data.manifest``); write the report to ``out`` (default ``eval/``).
+    Images of species the model does not know measure the unknown rule; unreadable images are
+    listed, not fatal."""
+    bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    root, manifest = data_root(config), config.data.manifest
+    views = resolve_views(config, bundle)
+    index = class_index(bundle.classes)
+    samples = _find_samples(root, manifest, config.eval.split, _specimen_pattern(config, bundle))
+    known = [sample for sample in samples if sample.label in index]
+    unknown = [sample for sample in samples if sample.label not in index]
     if not known:
-        raise JianmuError(f"{data}: no images of the model's {len(classes)} classes to evaluate")
-    pairs = [(p, i) for p, i, _ in known]
-    views = DIHEDRAL_VIEWS if config.tta else 1
-    outputs = bundle_outputs(bundle, pairs, config.batch_size, views)
+        raise JianmuError(f"{root}: no images of the model's {len(index)} classes to evaluate")
+    items = [(sample.path, index[sample.label]) for sample in known]
+    outputs = bundle.run(items, views, config.eval.batch_size)
     tta = None
-    if config.tta:
-        tta = _tta_gain(bundle_outputs(bundle, pairs, config.batch_size, 1), outputs)
-    ok = outputs.ok
-    unreadable = [(str(known[i][0]), outputs.errors[i]) for i in np.flatnonzero(~ok)]
-    known = [item for item, good in zip(known, ok, strict=True) if good]
-    outputs = outputs.subset(ok)
-    logits, targets = outputs.logits, outputs.targets
-    calibration = bundle.calibration(views)
-    prediction = bundle.predict_outputs(logits, outputs.embeddings, views)
-    raw = metrics.softmax(logits)
-    probabilities = prediction.probabilities
+    if views > 1:
+        tta = _tta_gain(bundle.run(items, 1, config.eval.batch_size), outputs, views)
+    unreadable = [(str(known[i].path), outputs.errors[i]) for i in np.flatnonzero(~outputs.ok)]
+    known = [sample for sample, good in zip(known, outputs.ok, strict=True) if good]
+    outputs = outputs.readable()
+    prediction = bundle.predict_outputs(outputs.logits, outputs.embeddings, views)
+    split = config.eval.split if manifest else "all"
+    result = _measure(bundle, outputs, prediction, views, str(root), split)
+    result.misclassified = _misclassified(known, prediction.probabilities, outputs.targets, bundle)
+    result.unreadable, result.tta = unreadable, tta
+    result.specimens = _roll_up(known, prediction, bundle, config)
+    if result.specimens:
+        result.specimen_metrics = _specimen_metrics(
+            result.specimens, known, outputs.targets, bundle.classes
+        )
+    if bundle.calibration(views).rule is not None and bundle.statistics is not None:
+        scores = _unknown_scores(bundle, unknown, views, config)
+        result.open_set = _unknown_rule(bundle, views, prediction, scores)
+    result.predictions = _predictions(known, prediction, bundle.classes, outputs.targets)
+    result.files = write_eval_report(result, config.out or DEFAULT_OUT)
+    result.page = result.files[REPORT_HTML]
+    return result
+
+
+def resolve_views(config: Config, bundle: ModelBundle) -> int:
+    """The test-time views eval uses: ``eval.tta``, or (unset) the model's calibrated views."""
+    if config.eval.tta is None:
+        return calibrated_views(bundle.meta)
+    return DIHEDRAL_VIEWS if config.eval.tta else 1
+
+
+def _specimen_pattern(config: Config, bundle: ModelBundle) -> str | None:
+    """``data.specimen_pattern``, or (unset) the one the model was trained with."""
+    if config.data.specimen_pattern is not None:
+        return config.data.specimen_pattern
+    return ((bundle.meta.get("config") or {}).get("data") or {}).get("specimen_pattern")
+
+
+def _measure(bundle, outputs, prediction, views: int, data: str, split: str) -> EvalResult:
+    """The image-level figures of the known, readable images."""
+    classes, targets = bundle.classes, outputs.targets
+    raw, probabilities = softmax(outputs.logits), prediction.probabilities
     taxonomy = _taxonomy_columns(bundle)
+    predicted = probabilities.argmax(1)
     report = metrics.classification_report(probabilities, targets, classes)
-    predictions = probabilities.argmax(1)
     report |= {
-        "temperature": calibration.temperature,
+        "temperature": bundle.calibration(views).temperature,
         "ece_before": metrics.expected_calibration_error(raw, targets),
         "ece_after": metrics.expected_calibration_error(probabilities, targets),
-        "genus_top1": _group_accuracy(predictions, targets, taxonomy["genus"]),
-        "family_top1": _group_accuracy(predictions, targets, taxonomy["family"]),
-        "within_genus_errors": _within(predictions, targets, taxonomy["genus"]),
-        "calibrated": calibration.rule is not None,
+        "genus_top1": _group_accuracy(predicted, targets, taxonomy["genus"]),
+        "family_top1": _group_accuracy(predicted, targets, taxonomy["family"]),
+        "within_genus_errors": _within(predicted, targets, taxonomy["genus"]),
+        "calibrated": bundle.calibration(views).rule is not None,
         "model_format": bundle.kind,
     }
-    counts = metrics.confusion(predictions, targets, len(classes))
-    result = EvalResult(
+    counts = metrics.confusion(predicted, targets, len(classes))
+    return EvalResult(
         model=str(bundle.path),
-        data=str(data),
-        split=split if manifest else "all",
+        data=data,
+        split=split,
         classes=classes,
         species=taxonomy["species"],
         genus=taxonomy["genus"],
@@ -127,45 +172,24 @@ def evaluate(
         reliability_before=metrics.reliability_bins(raw, targets),
         reliability_after=metrics.reliability_bins(probabilities, targets),
         most_confused=metrics.most_confused_pairs(counts, classes),
-        misclassified=_misclassified(known, probabilities, targets, classes),
-        unreadable=unreadable,
-        specimen_metrics=_specimen_metrics(known, probabilities, targets, classes, config),
-        tta=tta,
     )
-    if calibration.rule is not None and bundle.scorer is not None:
-        unknown_prediction = None
-        if unknown:
-            items = [(p, -1) for p, _, _ in unknown]
-            more = bundle_outputs(bundle, items, config.batch_size, views)
-            more = more.subset(more.ok)
-            unknown_prediction = bundle.predict_outputs(more.logits, more.embeddings, views)
-        result.open_set = _unknown_rule(bundle, calibration, prediction, unknown_prediction)
-    result.predictions = _predictions(known, probabilities, classes, prediction)
-    write_eval_report(result, Path(out))
-    return result
 
 
-def _find_items(data: Path, manifest, split: str, specimen_pattern) -> list[tuple[Path, str, str]]:
+def _find_samples(root: Path, manifest, split: str, specimen_pattern) -> list[Sample]:
     if manifest is not None:
-        rows = [row for row in read_manifest(manifest, root=data) if row.split == split]
+        rows = [row for row in read_manifest(manifest, root=root) if row.split == split]
         if not rows:
             raise JianmuError(f"{manifest}: no rows in split {split!r}")
-        return [(data / row.path, row.label, row.specimen) for row in rows]
-    samples = find_samples(data, IMAGE_EXTENSIONS, specimen_pattern)
-    return [(sample.path, sample.label, sample.specimen) for sample in samples]
+        return [row.to_sample(root) for row in rows]
+    return find_samples(root, IMAGE_EXTENSIONS, specimen_pattern)
 
 
-def _taxonomy_columns(bundle) -> dict[str, list[str | None]]:
-    species = list(bundle.meta.get("species") or [None] * bundle.num_classes)
-    domain = bundle.meta.get("taxonomy", {}).get("domain")
-    entries = [None] * len(species)
-    if domain:
-        taxonomy = load_taxonomy(domain)
-        entries = [taxonomy.get(name) if name else None for name in species]
+def _taxonomy_columns(bundle: ModelBundle) -> dict[str, list[str | None]]:
+    entries = bundle.taxonomy_entries
     return {
-        "species": species,
-        "genus": [entry.genus if entry else None for entry in entries],
-        "family": [entry.family if entry else None for entry in entries],
+        "species": bundle.species,
+        "genus": [(entry or {}).get("genus") for entry in entries],
+        "family": [(entry or {}).get("family") for entry in entries],
     }
 
 
@@ -181,44 +205,72 @@ def _within(predictions, targets, groups: list[str | None]) -> int | None:
     return metrics.within_group_errors(predictions, targets, groups)
 
 
-def _tta_gain(plain, augmented) -> dict[str, Any]:
+def _tta_gain(plain, augmented, views: int) -> dict[str, Any]:
     ok = plain.ok & augmented.ok
     without = metrics.topk_accuracy(plain.logits[ok], plain.targets[ok], 1)
     with_tta = metrics.topk_accuracy(augmented.logits[ok], augmented.targets[ok], 1)
-    return {"views": DIHEDRAL_VIEWS, "top1_without": without, "top1_with": with_tta,
+    return {"views": views, "top1_without": without, "top1_with": with_tta,
             "gain": with_tta - without}  # fmt: skip
 
 
-def _misclassified(known, probabilities, targets, classes) -> list[Misclassified]:
-    wrong = []
-    for (path, _, _), row, target in zip(known, probabilities, targets, strict=True):
-        top = np.argsort(-row, kind="stable")[:3]
+def _misclassified(known: list[Sample], probabilities, targets, bundle) -> list[Misclassified]:
+    classes, wrong = bundle.classes, []
+    for sample, row, target in zip(known, probabilities, targets, strict=True):
+        top = top_k(row, 3)
         if top[0] != target:
-            wrong.append(
-                Misclassified(
-                    str(path), classes[target], [(classes[i], float(row[i])) for i in top]
-                )
-            )
+            guesses = [(classes[i], float(row[i])) for i in top]
+            wrong.append(Misclassified(str(sample.path), classes[target], guesses))
     return wrong
 
 
-def _specimen_metrics(known, probabilities, targets, classes, config) -> dict[str, Any] | None:
-    specimens = [specimen for _, _, specimen in known]
-    if len(set(specimens)) == len(specimens):
-        return None  # every image is its own specimen: nothing to combine
-    groups, combined = metrics.aggregate_by_group(
-        probabilities, specimens, config.specimen_aggregation
-    )
-    first_target = {}
-    for specimen, target in zip(specimens, targets, strict=True):
-        first_target.setdefault(specimen, target)
-    group_targets = np.asarray([first_target[group] for group in groups])
-    report = metrics.classification_report(combined, group_targets, classes)
-    report["aggregation"] = config.specimen_aggregation
+def _roll_up(known: list[Sample], prediction, bundle, config) -> list[SpecimenVerdict] | None:
+    """The specimens of the known, readable images, rolled up as predict does (the one rule of
+    :mod:`jianmu.verdict`, with predict's ``top_k``); None when every image is its own."""
+    if len({sample.specimen for sample in known}) == len(known):
+        return None
+    classes = bundle.classes
+    rollup = SpecimenRollup(classes, min(config.predict.top_k, bundle.num_classes))
+    for sample, row, is_known in zip(
+        known, prediction.probabilities, prediction.known, strict=True
+    ):
+        best = top_k(row, rollup.top_k)
+        top = [(classes[i], float(row[i])) for i in best]
+        rollup.add(sample.specimen, top, image_verdict(bool(is_known)))
+    return rollup.results()
+
+
+def _specimen_metrics(specimens: list[SpecimenVerdict], known: list[Sample], targets, classes):
+    """Figures of the specimen verdicts: top-k of their shares, and how many were identified."""
+    truth: dict[str, int] = {}
+    for sample, target in zip(known, targets, strict=True):
+        truth.setdefault(sample.specimen, int(target))
+    shares = np.zeros((len(specimens), len(classes)))
+    index = class_index(classes)
+    for row, specimen in zip(shares, specimens, strict=True):
+        for name, share in specimen.top:
+            row[index[name]] = share
+    group_targets = np.asarray([truth[specimen.specimen] for specimen in specimens])
+    k = max(len(specimen.top) for specimen in specimens)
+    report = metrics.classification_report(shares, group_targets, classes, ks=range(1, k + 1))
+    identified = np.asarray([specimen.verdict == IDENTIFIED for specimen in specimens])
+    correct = shares.argmax(1) == group_targets
+    report["identified"] = float(identified.mean())
+    report["identified_top1"] = float(correct[identified].mean()) if identified.any() else None
+    report["rule"] = f"{SPECIMEN_RULE} (top-{k})"
     return report
 
 
-def _unknown_rule(bundle, calibration, known, unknown) -> dict[str, Any]:
+def _unknown_scores(bundle, unknown: list[Sample], views: int, config: Config):
+    """Unknown-rule scores of the readable images of species the model does not know."""
+    if not unknown:
+        return None
+    outputs = bundle.run([(s.path, -1) for s in unknown], views, config.eval.batch_size)
+    outputs = outputs.readable()
+    return bundle.predict_outputs(outputs.logits, outputs.embeddings, views).scores
+
+
+def _unknown_rule(bundle, views: int, known, unknown_scores) -> dict[str, Any]:
+    calibration = bundle.calibration(views)
     record = {
         "rule": calibration.rule,
         "threshold": calibration.threshold,
@@ -228,23 +280,20 @@ def _unknown_rule(bundle, calibration, known, unknown) -> dict[str, Any]:
         "known_images": len(known.scores),
         "known_flagged_unknown": float(np.mean(~known.known)),
     }
-    if unknown is not None and len(unknown.scores):
-        record |= metrics.open_set_report(known.scores, unknown.scores, calibration.threshold)
+    if unknown_scores is not None and len(unknown_scores):
+        record |= metrics.open_set_report(known.scores, unknown_scores, calibration.threshold)
     return record
 
 
-UNKNOWN_VERDICT = "unknown - refer to lab"
-
-
-def _predictions(known, probabilities, classes, prediction) -> list[dict[str, Any]]:
+def _predictions(known: list[Sample], prediction, classes, targets) -> list[dict[str, Any]]:
     rows = []
-    for (path, target, _), row, score, is_known in zip(
-        known, probabilities, prediction.scores, prediction.known, strict=True
+    for sample, row, score, is_known, target in zip(
+        known, prediction.probabilities, prediction.scores, prediction.known, targets, strict=True
     ):
         best = int(row.argmax())
         rows.append({
-            "path": str(path), "true_class": classes[target], "predicted": classes[best],
+            "path": str(sample.path), "true_class": classes[target], "predicted": classes[best],
             "probability": float(row[best]), "unknown_score": float(score),
-            "verdict": "identified" if is_known else UNKNOWN_VERDICT,
+            "verdict": image_verdict(bool(is_known)),
         })  # fmt: skip
     return rows

@@ -1,10 +1,12 @@
 """``jianmu export``: a self-contained, verified bundle (ONNX, optionally int8, or TorchScript).
 
-Every export is checked before it is kept: the bundle, with its own preprocessing (numpy/OpenCV,
-from its metadata), and the PyTorch model, with the training pipeline's eval transform, run on
-the run's validation images and on random tensors. Too little top-1 agreement (fp32), too large a
-logit difference on random tensors (fp32) or too large an accuracy drop (int8) fails the export
-and leaves no bundle behind; the figures are printed and stored in the bundle.
+Every export is checked before it is kept (:mod:`jianmu.engine.parity`): the bundle, run through
+the one runner with its own preprocessing, against the PyTorch model on a deliberately
+independent reference path. Too little top-1 agreement (fp32), too large a logit difference on
+random tensors (fp32) or too large an accuracy drop (int8) fails the export and leaves no bundle
+behind; the figures are printed and stored in the bundle. An int8 bundle is calibrated again on
+its own outputs with the very function training calibrates with
+(:func:`jianmu.calibration.fit.calibrate`), for the settings the model was calibrated with.
 
 The ONNX graph is written by PyTorch's TorchScript-based exporter (``dynamo=False``), chosen
 explicitly: it needs no ``onnxscript`` and handles timm's convolutional networks; the tests run
@@ -20,16 +22,14 @@ import json
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 import jianmu
-from jianmu import metrics
 from jianmu.bundle import (
     BUNDLE_FORMAT,
     INPUT_NAME,
@@ -42,29 +42,21 @@ from jianmu.bundle import (
     OnnxBundle,
     TorchBundle,
     encode_statistics,
-    statistics_for,
+    taxonomy_entries,
 )
-from jianmu.config import IMAGE_EXTENSIONS, ExportConfig
-from jianmu.data.dataset import TolerantImageDataset
-from jianmu.data.preprocess import decode_size
-from jianmu.data.samples import find_samples
-from jianmu.data.split import read_manifest
-from jianmu.data.transforms import build_spec_transform
-from jianmu.engine.calibrate import rule_thresholds, seeded_subset
-from jianmu.engine.runner import bundle_outputs
+from jianmu.calibration.apply import FeatureStatistics
+from jianmu.calibration.fit import calibrate, seeded_subset, settings_of
+from jianmu.config import IMAGE_EXTENSIONS, Config, ExportConfig
+from jianmu.data.samples import class_index, find_samples
+from jianmu.data.split import manifest_items, read_manifest
+from jianmu.data.stream import stream_batches
+from jianmu.engine.parity import ExportCheckError, check_parity, measure_parity, reference_logits
 from jianmu.errors import JianmuError
-from jianmu.models import Checkpoint, OutputsModule, atomic_write, load_checkpoint
+from jianmu.files import atomic_write
+from jianmu.models import Checkpoint, OutputsModule, load_checkpoint
+from jianmu.rundir import RunDir, default_bundle_path, run_folder
 
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}
-RANDOM_BATCH = 8
-
-
-class ExportCheckError(JianmuError):
-    """The exported model disagrees with the trained one; ``parity`` holds the figures."""
-
-    def __init__(self, message: str, parity: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.parity = parity
+__all__ = ["ExportCheckError", "ExportResult", "export"]
 
 
 @dataclass
@@ -78,61 +70,53 @@ class ExportResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def export(
-    model_path: str | Path,
-    format: str = "onnx",
-    out: str | Path | None = None,
-    int8: bool = False,
-    data: str | Path | None = None,
-    manifest: str | Path | None = None,
-    config: ExportConfig | None = None,
-) -> ExportResult:
-    """Export a run folder or checkpoint to a verified bundle at ``out``.
-
-    Args:
-        format: ``onnx`` or ``torchscript``.
-        int8: static int8 quantization (ONNX only).
-        data, manifest: where the validation images are; default: the run's ``manifest.csv``
-            and the data root in the checkpoint's config.
+def export(config: Config, model: str | Path) -> ExportResult:
+    """Export a run folder or checkpoint to a verified bundle at ``out`` (default: beside it),
+    as ``export.format`` (``onnx``, ``torchscript``) and ``export.int8`` say. The validation
+    images come from ``data.root``/``data.manifest``, by default the run's own.
 
     Raises:
         ExportCheckError: the parity check failed (no bundle is written).
-        JianmuError: bad arguments, or no validation images to check the export with.
+        JianmuError: bad settings, or no validation images to check the export with.
     """
-    config = (config or ExportConfig()).model_copy(update={"format": format, "int8": int8})
-    if format not in SUFFIXES:
-        raise JianmuError(f"unknown export format {format!r}; choose onnx or torchscript")
-    if int8 and format != "onnx":
+    settings = config.export
+    if settings.int8 and settings.format != "onnx":
         raise JianmuError("--int8 needs --format onnx (static quantization through onnxruntime)")
     started = time.perf_counter()
-    checkpoint = load_checkpoint(model_path)
-    out = Path(out) if out is not None else _default_out(Path(model_path), format, int8)
-    items = _items(Path(model_path), checkpoint, data, manifest)
+    model = Path(model)
+    checkpoint = load_checkpoint(model)
+    out = Path(config.out or default_bundle_path(model, settings.format, settings.int8))
+    items = _items(model, checkpoint, config.data.root, config.data.manifest)
     if not items["val"]:
         raise JianmuError(
-            f"{model_path}: no validation images to check the export against; pass --data ROOT "
+            f"{model}: no validation images to check the export against; pass --data ROOT "
             f"(and --manifest CSV) pointing at the training data"
         )
-    val = seeded_subset(items["val"], config.parity_images)
+    val = seeded_subset(items["val"], settings.parity_images)
     module = OutputsModule(checkpoint.build_model()).eval()
-    reference = _reference_logits(module, checkpoint, val)
-    meta = _bundle_meta(checkpoint, model_path, config)
-    statistics = statistics_for(meta, {k: v.numpy() for k, v in checkpoint.extras.items()})
-    if format == "onnx":
-        fp32 = _onnx_bytes(module, checkpoint, config.opset)
-        model_bytes = _quantize(fp32, items["train"], checkpoint, config) if int8 else fp32
-        proto = _onnx_proto(model_bytes)
+    reference = reference_logits(module, checkpoint.preprocessing, val)
+    meta = _bundle_meta(checkpoint, model, settings)
+    statistics = _statistics(meta, checkpoint)
+    if settings.format == "onnx":
+        fp32 = _onnx_bytes(module, checkpoint, settings.opset)
+        proto = _onnx_proto(
+            _quantize(fp32, items["train"], checkpoint, settings) if settings.int8 else fp32
+        )
         _set_metadata(proto, meta, statistics)
         bundle: ModelBundle = OnnxBundle(out, model=proto.SerializeToString())
     else:
         traced = _trace(module, checkpoint)
         bundle = TorchBundle(out, traced, meta, statistics, "torchscript")
-    parity = _parity(bundle, module, reference, val, checkpoint)
-    _check(parity, config)
+    parity = measure_parity(bundle, module, reference, val)
+    check_parity(parity, settings)
     meta["export"]["parity"] = parity
-    if int8 and bundle.scorer is not None and "unknown" in meta:
-        _refit_thresholds(bundle, meta, val, checkpoint)
-    if format == "onnx":
+    if settings.int8 and "unknown" in meta:
+        # int8 moves the outputs a little: calibrate again, for the same promise.
+        fitted = calibrate(bundle.run, items, settings_of(meta), config.seed)
+        meta |= fitted.record
+        meta["unknown"]["refit_for_int8"] = True
+        statistics = fitted.statistics.to_arrays(keep_knn=meta["unknown"]["rule"] == "knn")
+    if settings.format == "onnx":
         _set_metadata(proto, meta, statistics)  # now with the parity figures
         atomic_write(out, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
     else:
@@ -142,31 +126,30 @@ def export(
         }
         atomic_write(out, lambda tmp: _save_torchscript(traced, tmp, extra))
     return ExportResult(
-        out, format, int8, parity, time.perf_counter() - started, out.stat().st_size, meta
-    )
+        out, settings.format, settings.int8, parity, time.perf_counter() - started,
+        out.stat().st_size, meta,
+    )  # fmt: skip
 
 
-def _default_out(model_path: Path, format: str, int8: bool) -> Path:
-    folder = model_path if model_path.is_dir() else model_path.parent
-    stem = model_path.stem if model_path.is_file() else "model"
-    return folder / f"{stem}{'.int8' if int8 else ''}{SUFFIXES[format]}"
+def _statistics(meta: dict[str, Any], checkpoint: Checkpoint) -> dict[str, np.ndarray]:
+    """The checkpoint's feature statistics a bundle keeps (the kNN bank only for ``knn``)."""
+    arrays = {name: tensor.numpy() for name, tensor in checkpoint.extras.items()}
+    statistics = FeatureStatistics.from_arrays(arrays)
+    if statistics is None:
+        return {}
+    return statistics.to_arrays(keep_knn=(meta.get("unknown") or {}).get("rule") == "knn")
 
 
-def _items(model_path: Path, checkpoint: Checkpoint, data, manifest) -> dict[str, list]:
-    """Validation (parity) and training (int8 calibration) items ``(path, label index)``."""
-    folder = model_path if model_path.is_dir() else model_path.parent
+def _items(model: Path, checkpoint: Checkpoint, data, manifest) -> dict[str, list]:
+    """Validation (parity), training (int8 quantization and calibration) items."""
     root = Path(data) if data is not None else _config_root(checkpoint)
-    manifest = Path(manifest) if manifest is not None else folder / "manifest.csv"
-    index = {name: i for i, name in enumerate(checkpoint.classes)}
+    manifest = Path(manifest) if manifest is not None else RunDir(run_folder(model)).manifest
     if root is None or not root.is_dir():
         return {"val": [], "train": []}
     if manifest.is_file():
-        rows = read_manifest(manifest, root=root)
-        return {
-            split: [(root / r.path, index[r.label]) for r in rows if r.split == split]
-            for split in ("val", "train")
-        }
+        return manifest_items(read_manifest(manifest, root=root), root, checkpoint.classes)
     # No manifest: every image of the model's classes under ``root`` serves both purposes.
+    index = class_index(checkpoint.classes)
     samples = find_samples(root, IMAGE_EXTENSIONS)
     found = [(s.path, index[s.label]) for s in samples if s.label in index]
     return {"val": found, "train": found}
@@ -177,29 +160,13 @@ def _config_root(checkpoint: Checkpoint) -> Path | None:
     return Path(root) if root else None
 
 
-@torch.inference_mode()
-def _reference_logits(module, checkpoint: Checkpoint, items: list) -> dict[str, np.ndarray]:
-    """PyTorch fp32 logits with the training pipeline's eval transform (albumentations)."""
-    spec = checkpoint.preprocessing
-    dataset = TolerantImageDataset(items, build_spec_transform(spec), decode_size(spec))
-    logits, ok = [], []
-    for images, _, good in DataLoader(dataset, batch_size=32, num_workers=0):
-        logits.append(module(images)[0].float().numpy())
-        ok.append(good.numpy())
-    return {"logits": np.concatenate(logits), "ok": np.concatenate(ok).astype(bool)}
-
-
 def _bundle_meta(checkpoint: Checkpoint, source, config: ExportConfig) -> dict[str, Any]:
     import onnxruntime
     import timm
 
-    from jianmu.taxonomy import load_taxonomy
-
     meta = dict(checkpoint.meta)
-    domain = (meta.get("taxonomy") or {}).get("domain")
-    species = meta.get("species") or [None] * len(checkpoint.classes)
-    if domain:
-        meta["taxonomy_entries"] = load_taxonomy(domain).entries(species)
+    if (meta.get("taxonomy") or {}).get("domain"):
+        meta["taxonomy_entries"] = taxonomy_entries(meta)
     test_metrics = _test_metrics(Path(source))
     if test_metrics is not None:
         meta["test_metrics"] = test_metrics
@@ -220,8 +187,7 @@ def _bundle_meta(checkpoint: Checkpoint, source, config: ExportConfig) -> dict[s
 
 
 def _test_metrics(source: Path) -> dict[str, Any] | None:
-    folder = source if source.is_dir() else source.parent
-    path = folder / "test_metrics.json"
+    path = RunDir(run_folder(source)).test_metrics
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
@@ -277,8 +243,6 @@ def _quantize(fp32: bytes, items: list, checkpoint: Checkpoint, config: ExportCo
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from jianmu.data.stream import stream_batches
-
     if not items:
         raise JianmuError("--int8 needs training images to calibrate on; pass --data/--manifest")
     chosen = seeded_subset(items, config.calibration_images)
@@ -324,85 +288,3 @@ def _save_torchscript(traced, path: Path, extra: dict[str, Any]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(traced, str(path), _extra_files=extra)
-
-
-@torch.inference_mode()
-def _parity(bundle, module, reference, items, checkpoint: Checkpoint) -> dict[str, Any]:
-    """Exported vs PyTorch: on validation images (each with its own preprocessing) and on random
-    tensors (the same input for both)."""
-    exported = bundle_outputs(bundle, items)
-    ok = reference["ok"] & exported.ok
-    if not ok.any():
-        raise JianmuError("none of the validation images could be read for the parity check")
-    ours, theirs = reference["logits"][ok], exported.logits[ok]
-    targets = exported.targets[ok]
-    size = checkpoint.preprocessing.input_size
-    noise = np.random.default_rng(0).standard_normal((RANDOM_BATCH, 3, size, size))
-    noise = noise.astype(np.float32)
-    random_reference = module(torch.from_numpy(noise))[0].float().numpy()
-    random_exported = bundle.forward(noise)[0]
-    scale = float(np.ptp(random_reference)) or 1.0
-    return {
-        "images": int(ok.sum()),
-        "max_abs_logit_diff": float(np.abs(ours - theirs).max()),
-        "top1_agreement": float(np.mean(ours.argmax(1) == theirs.argmax(1))),
-        "top1_reference": metrics.topk_accuracy(ours, targets, 1),
-        "top1_export": metrics.topk_accuracy(theirs, targets, 1),
-        "random_tensors": RANDOM_BATCH,
-        "random_max_abs_logit_diff": float(np.abs(random_reference - random_exported).max()),
-        "random_logit_range": scale,
-        "random_top1_agreement": float(
-            np.mean(random_reference.argmax(1) == random_exported.argmax(1))
-        ),
-    }
-
-
-def _check(parity: dict[str, Any], config: ExportConfig) -> None:
-    parity["passed"] = False
-    if config.int8:
-        drop = 100.0 * (parity["top1_reference"] - parity["top1_export"])
-        parity["int8_top1_drop_points"] = drop
-        if drop > config.int8_max_top1_drop:
-            raise ExportCheckError(
-                f"int8 export refused: validation top-1 fell {drop:.2f} points "
-                f"({parity['top1_reference']:.4f} -> {parity['top1_export']:.4f}), more than "
-                f"export.int8_max_top1_drop={config.int8_max_top1_drop}",
-                parity,
-            )
-    else:
-        if parity["top1_agreement"] < config.min_top1_agreement:
-            raise ExportCheckError(
-                f"export refused: the exported model agrees with PyTorch on "
-                f"{parity['top1_agreement']:.2%} of {parity['images']} validation images' top-1, "
-                f"under export.min_top1_agreement={config.min_top1_agreement:.2%} "
-                f"(max logit difference {parity['max_abs_logit_diff']:.3g})",
-                parity,
-            )
-        relative = parity["random_max_abs_logit_diff"] / parity["random_logit_range"]
-        if relative > config.max_logit_difference:
-            raise ExportCheckError(
-                f"export refused: on random tensors the logits differ by "
-                f"{parity['random_max_abs_logit_diff']:.3g} ({relative:.2g} of their range), "
-                f"over export.max_logit_difference={config.max_logit_difference}",
-                parity,
-            )
-    parity["passed"] = True
-
-
-def _refit_thresholds(bundle, meta: dict[str, Any], items: list, checkpoint: Checkpoint) -> None:
-    """int8 moves the embeddings a little: choose the unknown thresholds again on the same
-    validation images, for the same known-species recall, so the rule keeps its promise."""
-    target = float(meta["unknown"]["target_known_recall"])
-    calibration = meta["calibration"]
-    views_fitted = int(calibration.get("views", 1))
-    for views in sorted({1, views_fitted}):
-        outputs = bundle_outputs(bundle, items, views=views)
-        outputs = outputs.subset(outputs.ok)
-        scorer = replace(bundle.scorer, temperature=bundle.calibration(views).temperature)
-        thresholds = rule_thresholds(scorer, outputs, target)
-        if views == views_fitted:
-            meta["unknown"]["thresholds"] = thresholds
-            meta["unknown"]["threshold"] = thresholds[meta["unknown"]["rule"]]
-        if views == 1 and views_fitted > 1 and "single_view" in calibration:
-            calibration["single_view"]["thresholds"] = thresholds
-    meta["unknown"]["refit_for_int8"] = True

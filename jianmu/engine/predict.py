@@ -1,33 +1,22 @@
 """``jianmu predict``: classify folders of field photos with any model form, streaming the results.
 
 :func:`predict` opens a model (ONNX bundle, TorchScript bundle, checkpoint or run folder), finds
-the INPUTs (image files, folders searched recursively, ``.txt``/``.lst`` lists of paths), decodes
-the images in a thread pool while the model runs (:func:`jianmu.data.stream.stream_batches`; large
-JPEGs are draft-decoded) and writes each batch's rows as soon as it is done
+the INPUTs (:func:`jianmu.data.inputs.find_inputs`: image files, folders searched recursively,
+``.txt``/``.lst`` lists of paths), runs the model over them with the one runner
+(:meth:`jianmu.bundle.ModelBundle.stream`: decoding in a thread pool while the model runs, large
+JPEGs draft-decoded) and writes each batch's rows as soon as it is done
 (:mod:`jianmu.report.predict_files`). Only counts, per-specimen sums and, when asked for, the image
 records are kept: never a probability matrix. With an ONNX bundle nothing here imports torch.
 
 Every input gets exactly one record, readable or not; ``status`` is ``ok`` or why the file could
 not be read ("not found", "zero-byte file", "not an image", "truncated image", "too large (...)",
-"cannot read (Permission denied)", ...).
-
-Specimens. An image's specimen is the ``specimen`` group (else group 1, else the whole match) of
-``specimen_pattern`` searched in its file name; without a match, the first sub-folder under the
-INPUT folder the image was found in (prefixed ``<folder name>/`` when several INPUT folders are
-given). Images lying directly in an INPUT folder, and files named one by one, belong to no
-specimen (``specimen`` is None) and get no roll-up row. A specimen's ``top`` is the mean, over
-its readable images, of their top-k calibrated probabilities (a class outside an image's top-k
-counts 0 for it), so the roll-up can be recomputed from the output file alone and ``--resume``
-gives the same roll-up as one uninterrupted run. A specimen is ``identified`` when more than half
-of its readable images are identified *with the specimen's top class as their own top-1*;
-otherwise (images that disagree, too many unknowns, a tie) it is ``unknown - refer to lab``.
+"cannot read (Permission denied)", ...). Specimens are rolled up with the one rule of
+:mod:`jianmu.verdict`, the rule ``jianmu eval`` measures.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import re
 import signal
 import threading
 import time
@@ -42,40 +31,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jianmu.bundle import DIHEDRAL_VIEWS, ModelBundle, load_model
-from jianmu.config import IMAGE_EXTENSIONS
-from jianmu.data.images import ImageDecodeError, load_image
-from jianmu.data.preprocess import decode_size, preprocess
-from jianmu.data.samples import compile_specimen_pattern, natural_key
+from jianmu.bundle import ModelBundle, load_model
+from jianmu.config import Config
+from jianmu.data.images import check_readable, load_image
+from jianmu.data.inputs import InputImage, find_inputs, path_key
+from jianmu.data.preprocess import DIHEDRAL_VIEWS, decode_size, preprocess
+from jianmu.data.samples import class_index
 from jianmu.data.spec import TransformSpec
-from jianmu.data.stream import default_workers, stream_batches
 from jianmu.errors import JianmuError
+from jianmu.outputs import Prediction
 from jianmu.report.predict_files import ResultWriter, output_format, read_results
+from jianmu.verdict import IDENTIFIED, SpecimenRollup, image_verdict, other_share, top_k
 
-IDENTIFIED = "identified"
-UNKNOWN_VERDICT = "unknown - refer to lab"  # the words of jianmu.engine.evaluate.UNKNOWN_VERDICT
-LIST_SUFFIXES = (".txt", ".lst")
 THUMBNAIL_SIZE = 128
-# Images per batch by model form. Measured end to end on a 2-core CPU (resnet18 and
-# mobilenetv3_large_100 ONNX, 1600x1200 and 4000x3000 JPEGs): 32 beat 8 and 16 by 5-25%; 64 was
-# a little faster again but doubles the preprocessed images held in flight.
-BATCH_SIZES = {"onnx": 32, "torchscript": 32, "checkpoint": 32}
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class InputImage:
-    """One file to classify and the specimen it belongs to (None: its own)."""
-
-    path: Path
-    specimen: str | None = None
-
-
-@dataclass
-class Inputs:
-    images: list[InputImage]
-    skipped: int = 0
-    """Files in INPUT folders left out: no image extension."""
 
 
 @dataclass
@@ -107,31 +76,21 @@ class PredictInterrupted(KeyboardInterrupt):
 
 
 def predict(
+    config: Config,
     model: str | Path | ModelBundle,
     inputs: Sequence[str | Path],
-    out: str | Path | None = None,
-    html: str | Path | None = None,
-    top_k: int = 3,
-    tta: bool = False,
-    specimen_pattern: str | None = None,
-    resume: bool = False,
-    batch_size: int | None = None,
-    workers: int | None = None,
     progress: Progress | None = None,
     keep_images: bool = True,
 ) -> PredictResult:
-    """Classify every image of ``inputs``; write ``out`` (.csv, .json or .jsonl) and ``html``.
+    """Classify every image of ``inputs``; write ``out`` (.csv, .json or .jsonl) and
+    ``predict.html``, as the ``predict:`` settings say (top_k, tta, batch_size, workers,
+    specimen_pattern, resume).
 
     Args:
         model: an ONNX or TorchScript bundle, a checkpoint, a run folder, or a loaded bundle.
         inputs: image files (always classified, whatever their name), folders (searched
             recursively for image extensions, natural order) and ``.txt``/``.lst`` lists (one path
             per line, relative to the list's folder; blank and ``#`` lines skipped).
-        top_k: species per image (at most the number of classes); the rest is ``other``.
-        tta: average the 8 flips and quarter turns of each image (8x the model time).
-        resume: skip the files already in ``out`` and append to it.
-        batch_size: default :data:`BATCH_SIZES` of the model form.
-        workers: decoding threads (default :func:`jianmu.data.stream.default_workers`).
         progress: called as ``progress(done, total)`` after each batch.
         keep_images: keep the image records in the result (always kept for JSON and HTML output;
             the command line passes False with ``--out`` so that its memory stays flat).
@@ -141,57 +100,47 @@ def predict(
         PredictInterrupted: Ctrl-C; the rows done so far are saved (``out``, ``html``).
     """
     started = time.perf_counter()
-    out = Path(out) if out is not None else None
+    settings = config.predict
+    out = Path(config.out) if config.out is not None else None
     if out is not None:
         output_format(out)
-    if resume and out is None:
+    if settings.resume and out is None:
         raise JianmuError("--resume needs --out: the results file to continue")
-    write_html = _html_writer() if html is not None else None
-    found = find_inputs(inputs, specimen_pattern)
-    previous = read_results(out) if resume and out.exists() else []
-    done = {_path_key(record["path"]) for record in previous}
-    todo = [image for image in found.images if _path_key(image.path) not in done]
+    write_html = _html_writer() if settings.html is not None else None
+    found = find_inputs(inputs, settings.specimen_pattern)
+    previous = read_results(out) if settings.resume and out.exists() else []
+    done = {path_key(record["path"]) for record in previous}
+    todo = [image for image in found.images if path_key(image.path) not in done]
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
-    views = DIHEDRAL_VIEWS if tta else 1
-    labels = _Labels(bundle, max(1, min(top_k, bundle.num_classes)), views)
+    views = DIHEDRAL_VIEWS if settings.tta else 1
+    labels = _Labels(bundle, max(1, min(settings.top_k, bundle.num_classes)), views)
     as_document = out is not None and output_format(out) == ".json"
-    keep_images = keep_images or html is not None or as_document
+    keep_images = keep_images or settings.html is not None or as_document
     tally = _Tally(labels, keep_images)
     for record in previous:
         tally.add(labels.check(record, out))
     writer = ResultWriter(out, labels.top_k, append=bool(previous)) if out is not None else None
     thumbnails: dict[str, bytes] = {}
-    batches = stream_batches(
-        (image.path for image in todo),
-        bundle.spec,
-        batch_size or BATCH_SIZES.get(bundle.kind, 32),
-        workers or default_workers(),
-        decode=_decoder(with_thumbnail=html is not None),
-    )
-    interrupted = False
-    try:
-        # Images over the size limit are refused with a reason in their row; Pillow's warning
-        # about them would only clutter the screen.
-        with _deferred_interrupt() as stop, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if progress:
-                progress(0, len(todo))
-            for batch in batches:
-                prediction = bundle.predict(batch.images, views) if len(batch.images) else None
-                records = labels.records(batch, todo, prediction, thumbnails)
-                for record in records:
-                    tally.add(record)
-                if writer is not None:
-                    writer.write(records)
-                if progress:
-                    progress(batch.start + len(batch.paths), len(todo))
-                if stop.is_set():
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        batches.close()
-    summary = tally.summary(bundle, model, time.perf_counter() - started, len(todo), tta)
+    with_thumbnails = settings.html is not None
+    batches = bundle.stream(
+        (image.path for image in todo), views, settings.batch_size, settings.workers,
+        decode=_decoder(with_thumbnails),
+    )  # fmt: skip
+
+    def record(batch, logits, embeddings) -> None:
+        prediction = bundle.predict_outputs(logits, embeddings, views) if len(logits) else None
+        records = labels.records(batch, todo, prediction, thumbnails)
+        for each in records:
+            tally.add(each)
+        if writer is not None:
+            writer.write(records)
+        if progress:
+            progress(batch.start + len(batch.paths), len(todo))
+
+    if progress:
+        progress(0, len(todo))
+    interrupted = _consume(batches, record)
+    summary = tally.summary(bundle, model, time.perf_counter() - started, len(todo), views)
     summary |= {"skipped": found.skipped, "resumed": len(previous), "interrupted": interrupted}
     result = PredictResult(tally.images, tally.specimen_records(), summary, tally.failures)
     result.interrupted = interrupted
@@ -199,107 +148,30 @@ def predict(
     if writer is not None:
         result.files += writer.finish(result.images, result.specimens, summary)
     if write_html is not None:
-        page = write_html(Path(html), result.images, result.specimens, summary, thumbnails)
+        page = write_html(settings.html, result.images, result.specimens, summary, thumbnails)
         result.files.append(Path(page))
     if interrupted:
         raise PredictInterrupted(result)
     return result
 
 
-# --- inputs ---------------------------------------------------------------------------------------
-
-
-def find_inputs(inputs: Sequence[str | Path], specimen_pattern: str | None = None) -> Inputs:
-    """The images of ``inputs`` in order, each once, with its specimen (see module docstring).
-
-    A path that does not exist is kept: its record says "not found".
-
-    Raises:
-        JianmuError: no inputs at all, an unreadable list file, an invalid ``specimen_pattern``.
-    """
-    pattern = compile_specimen_pattern(specimen_pattern, "--specimen-pattern")
-    expanded: list[Path] = []
-    for given in inputs:
-        path = Path(given).expanduser()
-        if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            expanded.extend(_read_list(path))
-        else:
-            expanded.append(path)
-    folders = sum(1 for path in expanded if path.is_dir())
-    images: list[InputImage] = []
-    seen: set[str] = set()
-    skipped = 0
-    for path in expanded:
-        if path.is_dir():
-            found, left_out = _folder_images(path, pattern, prefix=folders > 1)
-            skipped += left_out
-        else:
-            found = [InputImage(path, _pattern_specimen(path, pattern))]
-        for image in found:
-            key = _path_key(image.path)
-            if key not in seen:
-                seen.add(key)
-                images.append(image)
-    if not images:
-        where = ", ".join(str(Path(p)) for p in inputs) or "(none given)"
-        raise JianmuError(f"no images to classify in {where}")
-    return Inputs(images, skipped)
-
-
-def _read_list(path: Path) -> list[Path]:
+def _consume(batches: Iterator, handle: Callable[..., None]) -> bool:
+    """Hand each batch to ``handle`` until the end, or until Ctrl-C (True): a Ctrl-C is taken
+    between batches, so that no row is cut in half."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise JianmuError(f"cannot read the list {path} ({error})") from None
-    entries = [line.strip() for line in lines]
-    return [
-        Path(os.path.normpath(path.parent / Path(entry).expanduser()))
-        for entry in entries
-        if entry and not entry.startswith("#")
-    ]
-
-
-def _folder_images(
-    folder: Path, pattern: re.Pattern[str] | None, prefix: bool
-) -> tuple[list[InputImage], int]:
-    suffixes = set(IMAGE_EXTENSIONS)
-    found: list[Path] = []
-    skipped = 0
-    for current, folders, files in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        base = Path(current).relative_to(folder)
-        for name in files:
-            if name.startswith("."):
-                continue  # hidden files, e.g. macOS "._IMG_0001.jpg" resource forks
-            if Path(name).suffix.lower() in suffixes:
-                found.append(base / name)
-            else:
-                skipped += 1
-    found.sort(key=lambda relative: [natural_key(part) for part in relative.parts])
-    images = []
-    for relative in found:
-        specimen = _pattern_specimen(relative, pattern)
-        if specimen is None and len(relative.parts) > 1:
-            specimen = relative.parts[0]
-        if specimen is not None and prefix:
-            specimen = f"{folder.name}/{specimen}"
-        images.append(InputImage(folder / relative, specimen))
-    return images, skipped
-
-
-def _pattern_specimen(path: Path, pattern: re.Pattern[str] | None) -> str | None:
-    if pattern is None:
-        return None
-    match = pattern.search(path.stem)
-    if not match:
-        return None
-    named = match.groupdict().get("specimen")
-    value = named if named is not None else (match.group(1) if pattern.groups else match.group(0))
-    return value or None
-
-
-def _path_key(path: str | Path) -> str:
-    return os.path.normcase(os.path.abspath(path))
+        # Images over the size limit are refused with a reason in their row; Pillow's warning
+        # about them would only clutter the screen.
+        with _deferred_interrupt() as stop, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            for batch in batches:
+                handle(*batch)
+                if stop.is_set():
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        return True
+    finally:
+        batches.close()
+    return False
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -310,26 +182,12 @@ def _decoder(with_thumbnail: bool) -> Callable[[Path, TransformSpec], tuple[np.n
     thumbnail made from the already decoded (draft-reduced) picture."""
 
     def decode(path: Path, spec: TransformSpec) -> tuple[np.ndarray, bytes | None]:
-        _check_readable(path)
+        check_readable(path)
         picture = load_image(path, size=decode_size(spec))
         thumbnail = _thumbnail(picture) if with_thumbnail else None
         return preprocess(np.asarray(picture), spec), thumbnail
 
     return decode
-
-
-def _check_readable(path: Path) -> None:
-    """Name the two reasons an inspector can act on: a wrong path and a file they may not read."""
-    try:
-        with open(path, "rb"):
-            pass
-    except FileNotFoundError:
-        reason = "not found" if not os.path.lexists(path) else "cannot read (broken link)"
-        raise ImageDecodeError(path, reason) from None
-    except IsADirectoryError:
-        raise ImageDecodeError(path, "not an image (a folder)") from None
-    except OSError as error:
-        raise ImageDecodeError(path, f"cannot read ({error.strerror or error})") from None
 
 
 def _thumbnail(picture) -> bytes:
@@ -360,7 +218,7 @@ class _Labels:
         self.classes = bundle.classes
         self.species = bundle.species
         self.entries = bundle.taxonomy_entries
-        self.index = {name: i for i, name in enumerate(self.classes)}
+        self.index = class_index(self.classes)
         self.top_k = top_k
         self.threshold = bundle.calibration(views).threshold
 
@@ -379,9 +237,9 @@ class _Labels:
                 thumbnails[str(path)] = batch.extras[position]
         return records
 
-    def record(self, image: InputImage, prediction, row: int) -> dict[str, Any]:
+    def record(self, image: InputImage, prediction: Prediction, row: int) -> dict[str, Any]:
         probabilities = prediction.probabilities[row]
-        best = np.argsort(-probabilities, kind="stable")[: self.top_k]
+        best = top_k(probabilities, self.top_k)
         top = [
             {"class": self.classes[i], "species": self.species[i],
              "probability": round(float(probabilities[i]), 6)}
@@ -392,9 +250,9 @@ class _Labels:
             "path": str(image.path),
             "specimen": image.specimen,
             "status": "ok",
-            "verdict": IDENTIFIED if prediction.known[row] else UNKNOWN_VERDICT,
+            "verdict": image_verdict(bool(prediction.known[row])),
             "top": top,
-            "other": _other(probabilities[best]),
+            "other": other_share(probabilities[best]),
             # unrounded, so that the verdict reads as score >= threshold from the file alone
             "unknown_score": None if np.isnan(score) else score,
             "threshold": self.threshold,
@@ -425,21 +283,8 @@ class _Labels:
         return record
 
 
-def _other(shares) -> float:
-    """What the top-k shares leave to the other classes (computed before rounding)."""
-    return round(max(0.0, 1.0 - float(np.sum(shares))), 6)
-
-
-@dataclass
-class _Specimen:
-    images: int = 0
-    ok_images: int = 0
-    sums: Counter = field(default_factory=Counter)  # class -> sum of top-k probabilities
-    votes: Counter = field(default_factory=Counter)  # class -> identified images with it top-1
-
-
 class _Tally:
-    """Counts for the summary and sums for the specimen roll-up, updated one record at a time."""
+    """Counts for the summary and the specimen roll-up, updated one record at a time."""
 
     def __init__(self, labels: _Labels, keep_images: bool) -> None:
         self.labels = labels
@@ -448,66 +293,47 @@ class _Tally:
         self.counts: Counter = Counter()
         self.per_species: Counter = Counter()
         self.failures: list[tuple[str, str]] = []
-        self.specimens: dict[str, _Specimen] = {}
+        self.specimens = SpecimenRollup(labels.classes, labels.top_k)
 
     def add(self, record: dict[str, Any]) -> None:
         if self.keep_images:
             self.images.append(record)
         self.counts["images"] += 1
-        name = record.get("specimen")
-        specimen = self.specimens.setdefault(name, _Specimen()) if name is not None else None
-        if specimen is not None:
-            specimen.images += 1
+        top = [(entry["class"], entry["probability"]) for entry in record.get("top") or []]
+        self.specimens.add(record.get("specimen"), top, record.get("verdict"))
         if record["status"] != "ok":
             self.counts["failed"] += 1
             self.failures.append((record["path"], record["status"]))
             return
         self.counts["ok"] += 1
-        top = record["top"]
-        identified = record["verdict"] == IDENTIFIED
-        if identified:
+        if record["verdict"] == IDENTIFIED:
             self.counts["identified"] += 1
-            self.per_species[top[0]["class"]] += 1
+            self.per_species[top[0][0]] += 1
             self.counts["flagged"] += bool(record.get("flags"))
         else:
             self.counts["unknown"] += 1
-        if specimen is not None:
-            specimen.ok_images += 1
-            for entry in top:
-                specimen.sums[entry["class"]] += entry["probability"]
-            if identified:
-                specimen.votes[top[0]["class"]] += 1
 
     def specimen_records(self) -> list[dict[str, Any]]:
-        return [self._specimen_record(name, specimen) for name, specimen in self.specimens.items()]
+        return [self._specimen_record(specimen) for specimen in self.specimens.results()]
 
-    def _specimen_record(self, name: str, specimen: _Specimen) -> dict[str, Any]:
-        order = {cls: i for i, cls in enumerate(self.labels.classes)}
-        ranked = sorted(specimen.sums.items(), key=lambda item: (-item[1], order.get(item[0], 0)))
-        shares = [(cls, total / specimen.ok_images) for cls, total in ranked[: self.labels.top_k]]
+    def _specimen_record(self, specimen) -> dict[str, Any]:
         top = [
             {"class": cls, "species": self.labels.details(cls)["species"],
              "probability": round(share, 6)}
-            for cls, share in shares
+            for cls, share in specimen.top
         ]  # fmt: skip
-        best = top[0]["class"] if top else None
-        verdict = None
-        if best is not None:
-            agreeing = specimen.votes[best]
-            verdict = IDENTIFIED if 2 * agreeing > specimen.ok_images else UNKNOWN_VERDICT
         return {
-            "specimen": name,
+            "specimen": specimen.specimen,
             "images": specimen.images,
             "ok_images": specimen.ok_images,
-            "verdict": verdict,
+            "verdict": specimen.verdict,
             "top": top,
-            "other": _other([share for _, share in shares]) if top else None,
-            **self.labels.details(best),
+            "other": specimen.other,
+            **self.labels.details(top[0]["class"] if top else None),
         }
 
-    def summary(self, bundle, model, seconds: float, processed: int, tta: bool) -> dict[str, Any]:
+    def summary(self, bundle, model, seconds: float, processed: int, views: int) -> dict[str, Any]:
         """The summary of the whole output; speed is of the files processed in this call."""
-        views = DIHEDRAL_VIEWS if tta else 1
         calibration = bundle.calibration(views)
         warnings = []
         if calibration.rule is None:
@@ -527,7 +353,7 @@ class _Tally:
             "specimens": len(self.specimens),
             "seconds": round(seconds, 3),
             "images_per_s": round(processed / seconds, 2) if seconds > 0 else 0.0,
-            "tta": tta,
+            "tta": views > 1,
             "top_k": self.labels.top_k,
             "threshold": calibration.threshold,
             "warnings": warnings,

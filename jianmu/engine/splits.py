@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jianmu.config import Config
 from jianmu.data.samples import find_samples, natural_key
-from jianmu.data.split import ManifestRow, read_manifest, split_samples
+from jianmu.data.split import ManifestRow, manifest_items, read_manifest, split_samples
 from jianmu.data.synth import is_synthetic_set
 from jianmu.errors import JianmuError
 from jianmu.taxonomy import load_taxonomy
@@ -35,10 +35,7 @@ class DataSplits:
 def load_splits(config: Config) -> DataSplits:
     """Read ``data.manifest`` or split ``data.root`` (grouped, stratified, seeded); check the
     result can train: at least two classes, and every class in train and val."""
-    root = config.data.root
-    if root is None:
-        raise JianmuError("no data: give --data ROOT (or data.root in the config)")
-    root = Path(root).expanduser()
+    root = data_root(config)
     if config.data.manifest is not None:
         rows = read_manifest(config.data.manifest, root=root)
     else:
@@ -49,12 +46,9 @@ def load_splits(config: Config) -> DataSplits:
     classes = sorted({row.label for row in rows}, key=natural_key)
     if len(classes) < 2:
         raise JianmuError(f"{root}: training needs at least 2 classes, found {len(classes)}")
-    index = {name: i for i, name in enumerate(classes)}
-    items: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
-    for row in rows:
-        items[row.split].append((root / row.path, index[row.label]))
     splits = DataSplits(
-        root, classes, _species(config, classes), items, _manifest_hash(rows),
+        root, classes, _species(config, classes), manifest_items(rows, root, classes),
+        _manifest_hash(rows),
         synthetic=is_synthetic_set(root), rows=rows,
     )  # fmt: skip
     for split in ("train", "val"):
@@ -72,6 +66,17 @@ def load_splits(config: Config) -> DataSplits:
             + ", ".join(unmatched[:5])
         )
     return splits
+
+
+def data_root(config: Config) -> Path:
+    """``data.root``, which the command needs.
+
+    Raises:
+        JianmuError: no data root given.
+    """
+    if config.data.root is None:
+        raise JianmuError("no data: give --data ROOT (or data.root in the config)")
+    return Path(config.data.root).expanduser()
 
 
 def _species(config: Config, classes: list[str]) -> list[str | None]:

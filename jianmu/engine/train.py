@@ -1,8 +1,9 @@
-"""``jianmu train``: classes -> model -> transforms -> loaders -> optimizer/scheduler -> epochs.
+"""``jianmu train``: classes -> model -> transforms -> loaders -> optimizer/scheduler -> epochs ->
+calibration -> test figures. The run folder's layout is :class:`jianmu.rundir.RunDir`.
 
-Every run folder holds the resolved ``config.yaml``, the ``manifest.csv`` used, ``metrics.csv`` (a
-row per epoch), ``curves.png``, ``best.safetensors`` and ``last.safetensors`` (self-describing
-checkpoints), ``last.state.pt`` (what ``--resume`` needs) and ``test_metrics.json``.
+The epochs run the live module over DataLoader batches (augmented for training, the one eval
+preprocessing for validation). Once the epochs are done, the best checkpoint is calibrated and
+tested through :meth:`jianmu.bundle.ModelBundle.run`, the runner every later use of it shares.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,12 +26,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import jianmu
+from jianmu.bundle import TorchBundle
+from jianmu.calibration.fit import calibrate
 from jianmu.config import Config, TrainConfig, load_config, save_config
-from jianmu.data.dataset import EpochSampler, ImageDataset, class_balanced_weights
+from jianmu.data.dataset import (
+    EpochSampler,
+    ImageDataset,
+    PreprocessTransform,
+    class_balanced_weights,
+)
 from jianmu.data.preprocess import decode_size
 from jianmu.data.spec import TransformSpec
 from jianmu.data.split import write_manifest
-from jianmu.data.transforms import build_eval_transform, build_train_transform
+from jianmu.data.transforms import build_train_transform
 from jianmu.engine.runtime import (
     Runtime,
     autocast,
@@ -42,14 +51,17 @@ from jianmu.engine.runtime import (
 )
 from jianmu.engine.splits import DataSplits, load_splits
 from jianmu.errors import JianmuError
+from jianmu.files import atomic_write
 from jianmu.metrics import macro_f1, topk_accuracy
 from jianmu.models import (
-    atomic_write,
     build_model,
+    load_checkpoint,
     resolve_preprocessing,
     save_checkpoint,
     unwrap_model,
 )
+from jianmu.report.plots import plot_curves
+from jianmu.rundir import RunDir
 
 MONITOR_MODE = {"val_top1": max, "val_macro_f1": max, "val_loss": min}
 
@@ -87,7 +99,7 @@ class TrainResult:
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.safetensors"
+        return RunDir(self.run_dir).best
 
 
 @dataclass
@@ -121,15 +133,16 @@ def train(
     reporter = reporter or SilentReporter()
     runtime = init_runtime()
     if resume is not None:
-        if not (Path(resume) / "last.state.pt").is_file():
-            raise JianmuError(f"{resume}: nothing to resume (no last.state.pt from a jianmu run)")
-        config = load_config(Path(resume) / "config.yaml")
+        if not RunDir(resume).can_resume():
+            missing = RunDir(resume).state.name
+            raise JianmuError(f"{resume}: nothing to resume (no {missing} from a jianmu run)")
+        config = load_config(RunDir(resume).config)
     use_deterministic(config.train.deterministic)
     seed_everything(config.seed)
     splits = load_splits(config)  # bad data fails here, before a run folder is made
-    run_dir = _prepare_run_dir(config, resume, runtime)
+    run = _prepare_run_dir(config, resume, runtime)
     if runtime.is_main and resume is None:
-        write_manifest(run_dir / "manifest.csv", splits.rows)
+        write_manifest(run.manifest, splits.rows)
     model = build_model(config.model, len(splits.classes)).to(runtime.device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -139,9 +152,7 @@ def train(
     loss_fn, mixup = build_loss(config.train, splits, runtime.device)
     amp_dtype = resolve_amp_dtype(config.train.amp, runtime.device)
     meta = _checkpoint_meta(config, splits, preprocessing)
-    history: list[dict[str, Any]] = []
-    if resume is not None:
-        history = _restore(run_dir / "last.state.pt", splits, model, stepper)
+    history = _restore(run.state, splits, model, stepper) if resume is not None else []
     trained = _wrap_ddp(model, runtime)
     best = _best_row(history, config.train.monitor)
     earlier_s = history[-1]["time_s"] if history else 0.0  # time_s counts across resumes
@@ -149,7 +160,7 @@ def train(
         seed_everything(config.seed * 1000 + epoch * 10 + runtime.rank)
         loaders["train"].sampler.set_epoch(epoch)
         if runtime.distributed and epoch == 0:
-            _record_shard(run_dir, loaders["train"].sampler, runtime)
+            _record_shard(run, loaders["train"].sampler, runtime)
         reporter.start_epoch(epoch, config.train.epochs, len(loaders["train"]))
         row = train_one_epoch(
             trained, loaders["train"], stepper, loss_fn, runtime.device, amp_dtype, mixup, reporter
@@ -161,29 +172,37 @@ def train(
         if best is None or _better(row, best, config.train.monitor):
             best = row
             if runtime.is_main:
-                save_checkpoint(run_dir / "best.safetensors", weights, {**meta, **_summary(row)})
+                save_checkpoint(run.best, weights, {**meta, **_summary(row)})
         if runtime.is_main:
-            _save_last(run_dir, model, weights, stepper, history, meta)
+            _save_last(run, model, weights, stepper, history, meta)
         reporter.end_epoch(row)
         if _should_stop(history, best, config.train.early_stopping_patience):
             break
     _barrier(runtime)
+    test_metrics = None
     if runtime.is_main:
-        from jianmu.engine.calibrate import calibrate_checkpoint
-
-        calibrate_checkpoint(
-            run_dir / "best.safetensors", splits.items, config.eval, config.seed, runtime.device
-        )
-    test_metrics = _test_best(run_dir, model, loaders.get("test"), runtime, amp_dtype)
-    if runtime.is_main:
-        from jianmu.report.plots import plot_curves
-
-        plot_curves(history, run_dir / "curves.png")
+        bundle = calibrate_best(run, splits, config, runtime.device)
+        test_metrics = _test_best(run, bundle, splits.items["test"])
+        plot_curves(history, run.curves)
     stopped = len(history) < config.train.epochs
     return TrainResult(
-        run_dir, splits.classes, best["epoch"], _summary(best), test_metrics, history,
+        run.path, splits.classes, best["epoch"], _summary(best), test_metrics, history,
         stopped, time.perf_counter() - started, splits.warnings,
     )  # fmt: skip
+
+
+def calibrate_best(
+    run: RunDir, splits: DataSplits, config: Config, device: torch.device | str = "cpu"
+) -> TorchBundle:
+    """Fit the best checkpoint's calibration (:func:`jianmu.calibration.fit.calibrate`) on the
+    run's own training and validation images, and store it in the checkpoint."""
+    checkpoint = load_checkpoint(run.best)
+    bundle = TorchBundle.from_checkpoint(checkpoint, run.best, device)
+    outputs = partial(bundle.run, batch_size=config.calibration.batch_size)
+    fitted = calibrate(outputs, splits.items, config.calibration, config.seed)
+    extras = {name: torch.from_numpy(a) for name, a in fitted.statistics.to_arrays().items()}
+    save_checkpoint(run.best, checkpoint.state_dict, {**checkpoint.meta, **fitted.record}, extras)
+    return bundle
 
 
 def train_one_epoch(
@@ -256,11 +275,12 @@ def score_logits(logits: np.ndarray, targets: np.ndarray, prefix: str) -> dict[s
 def build_loaders(
     splits: DataSplits, preprocessing: TransformSpec, config: Config, runtime: Runtime
 ) -> dict[str, DataLoader]:
-    """Train loader (augmented, shuffled or class-balanced, sharded per rank) and eval loaders."""
+    """Train loader (augmented, shuffled or class-balanced, sharded per rank) and the validation
+    loader (the one eval preprocessing)."""
     size, mean, std = preprocessing.input_size, preprocessing.mean, preprocessing.std
     interpolation = preprocessing.interpolation
     train_transform = build_train_transform(config.augment, size, mean, std, interpolation)
-    eval_transform = build_eval_transform(size, mean, std, interpolation, preprocessing.crop_pct)
+    eval_transform = PreprocessTransform(preprocessing)
     decode = decode_size(preprocessing)
     train_items = splits.items["train"]
     weights = None
@@ -285,10 +305,8 @@ def build_loaders(
             train_set, batch_size, sampler=sampler, drop_last=len(sampler) > batch_size, **common
         )
     }
-    for split in ("val", "test"):
-        if splits.items.get(split):
-            dataset = ImageDataset(splits.items[split], eval_transform, decode, cache=cache)
-            loaders[split] = DataLoader(dataset, config.eval.batch_size, **common)
+    val = ImageDataset(splits.items["val"], eval_transform, decode, cache=cache)
+    loaders["val"] = DataLoader(val, config.eval.batch_size, **common)
     return loaders
 
 
@@ -340,21 +358,19 @@ def build_loss(config: TrainConfig, splits: DataSplits, device: torch.device):
 # --- run folder, checkpoints, resume -------------------------------------------------------------
 
 
-def _prepare_run_dir(config: Config, resume: str | Path | None, runtime: Runtime) -> Path:
+def _prepare_run_dir(config: Config, resume: str | Path | None, runtime: Runtime) -> RunDir:
     if resume is not None:
-        return Path(resume)
-    run_dir = (
-        Path(config.out) if config.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    )
-    if (run_dir / "last.state.pt").exists() or (run_dir / "best.safetensors").exists():
+        return RunDir(resume)
+    run = RunDir(config.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
+    if run.holds_run():
         raise JianmuError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose --out"
+            f"{run.path} already holds a run; continue it with --resume {run.path} or choose --out"
         )
     if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config.model_copy(update={"out": run_dir}), run_dir / "config.yaml")
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(config.model_copy(update={"out": run.path}), run.config)
     _barrier(runtime)
-    return run_dir
+    return run
 
 
 def _checkpoint_meta(
@@ -382,7 +398,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return {"epoch": row["epoch"], "metrics": {k: v for k, v in row.items() if k != "epoch"}}
 
 
-def _save_last(run_dir: Path, model, weights, stepper: Stepper, history, meta) -> None:
+def _save_last(run: RunDir, model, weights, stepper: Stepper, history, meta) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": stepper.optimizer.state_dict(),
@@ -393,9 +409,9 @@ def _save_last(run_dir: Path, model, weights, stepper: Stepper, history, meta) -
         "classes": meta["classes"],
         "rng": rng_state(),
     }
-    atomic_write(run_dir / "last.state.pt", lambda tmp: torch.save(state, tmp))
-    save_checkpoint(run_dir / "last.safetensors", model, {**meta, **_summary(history[-1])})
-    atomic_write(run_dir / "metrics.csv", lambda tmp: tmp.write_text(_csv(history)))
+    atomic_write(run.state, lambda tmp: torch.save(state, tmp))
+    save_checkpoint(run.last, model, {**meta, **_summary(history[-1])})
+    atomic_write(run.metrics, lambda tmp: tmp.write_text(_csv(history)))
 
 
 def _restore(path: Path, splits: DataSplits, model, stepper: Stepper) -> list[dict[str, Any]]:
@@ -438,18 +454,15 @@ def _validate(model, ema, loader, device, amp_dtype, row: dict[str, Any]) -> nn.
     return ema.module if use_ema else model
 
 
-def _test_best(run_dir, model, loader, runtime: Runtime, amp_dtype) -> dict[str, float] | None:
-    _barrier(runtime)
-    if loader is None:
+def _test_best(run: RunDir, bundle: TorchBundle, items: list) -> dict[str, float] | None:
+    """The best checkpoint's figures on the test split, written to ``test_metrics.json``."""
+    if not items:
         return None
-    from jianmu.models import load_checkpoint
-
-    model.load_state_dict(load_checkpoint(run_dir / "best.safetensors").state_dict)
-    metrics = score_logits(*predict_logits(model, loader, runtime.device, amp_dtype), "test")
-    metrics["test_images"] = len(loader.dataset)
-    if runtime.is_main:
-        text = json.dumps(metrics, indent=2)
-        atomic_write(run_dir / "test_metrics.json", lambda tmp: tmp.write_text(text))
+    outputs = bundle.run(items).readable()
+    metrics = score_logits(outputs.logits, outputs.targets, "test")
+    metrics["test_images"] = len(items)
+    text = json.dumps(metrics, indent=2)
+    atomic_write(run.test_metrics, lambda tmp: tmp.write_text(text))
     return metrics
 
 
@@ -484,11 +497,11 @@ def _csv(history: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _record_shard(run_dir: Path, sampler: EpochSampler, runtime: Runtime) -> None:
+def _record_shard(run: RunDir, sampler: EpochSampler, runtime: Runtime) -> None:
     """Each rank notes the sample indices it trains on in epoch 1 (a DDP sanity record)."""
     indices = [index for _, index in sampler]
-    path = run_dir / f"shard_rank{runtime.rank}.json"
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"epoch": 1, "indices": indices})))
+    text = json.dumps({"epoch": 1, "indices": indices})
+    atomic_write(run.shard(runtime.rank), lambda tmp: tmp.write_text(text))
 
 
 def _wrap_ddp(model: nn.Module, runtime: Runtime) -> nn.Module:

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jianmu.data.samples import natural_key
+from jianmu.verdict import IDENTIFIED, UNKNOWN
 
 if TYPE_CHECKING:
     from jianmu.taxonomy import Taxonomy, TaxonomyCheck
@@ -319,7 +320,7 @@ def crossval_table(result) -> Table:
     return table
 
 
-def eval_summary(result, out) -> Table:
+def eval_summary(result) -> Table:
     table = Table(title=f"evaluation of {result.model} on {result.data} ({result.split})",
                   show_header=True, title_justify="left")  # fmt: skip
     table.add_column("figure")
@@ -355,7 +356,7 @@ def eval_summary(result, out) -> Table:
             table.add_row("unknown-species rejected", f"{unknown['unknown_rejection']:.4f}")
     if result.unreadable:
         table.add_row("[yellow]unreadable images[/]", str(len(result.unreadable)))
-    table.caption = f"report: {out}/report.html"
+    table.caption = f"report: {result.page}"
     return table
 
 
@@ -422,7 +423,7 @@ def _shares(top: list[dict], other: float | None) -> str:
 def _verdict_text(verdict: str | None, status: str = "ok") -> Text:
     if verdict is None:
         return Text(status, style="bold red")
-    return Text(verdict, style="green" if verdict == "identified" else "bold yellow")
+    return Text(verdict, style="green" if verdict == IDENTIFIED else "bold yellow")
 
 
 def _flags_text(flags: list[str]) -> Text:
@@ -508,8 +509,8 @@ def _predict_summary_table(summary: dict) -> Table:
     table.add_column("value", justify="right")
     table.add_row("images", str(summary["images"]))
     rows = (
-        ("identified", "identified", "green"),
-        ("unknown - refer to lab", "unknown", "bold yellow"),
+        (IDENTIFIED, "identified", "green"),
+        (UNKNOWN, "unknown", "bold yellow"),
         ("identified as a regulated species", "flagged", "bold magenta"),
         ("could not be read", "failed", "bold red"),
     )

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from jianmu.files import write_text_atomic
+from jianmu.verdict import IDENTIFIED, UNKNOWN
 
-IDENTIFIED = "identified"
-UNKNOWN = "unknown - refer to lab"
 FORMAT_NAMES = {
     "onnx": "ONNX bundle",
     "torchscript": "TorchScript bundle",
