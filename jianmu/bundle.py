@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from jianmu.calibration.apply import Calibration, Calibrator, FeatureStatistics
+from jianmu.config import DataConfig
+from jianmu.data.images import READ_TIMEOUT
 from jianmu.data.preprocess import DIHEDRAL_VIEWS, dihedral
 from jianmu.data.spec import TransformSpec
 from jianmu.data.stream import Batch, Decode, stream_batches
@@ -88,6 +90,15 @@ class ModelBundle:
     def num_classes(self) -> int:
         return len(self.meta["classes"])
 
+    @property
+    def min_image_side(self) -> int:
+        """The shorter side under which a photo is too small to judge: ``data.min_image_side``
+        of the model's training (the audit's "very small"), at most its input size."""
+        data = (self.meta.get("config") or {}).get("data") or {}
+        return min(
+            int(data.get("min_image_side", DataConfig().min_image_side)), self.spec.input_size
+        )
+
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N x C) and embeddings (N x D) of a preprocessed N x 3 x H x W float32 batch."""
         raise NotImplementedError
@@ -109,12 +120,16 @@ class ModelBundle:
         batch_size: int | None = None,
         workers: int | None = None,
         decode: Decode | None = None,
+        read_timeout: float | None = READ_TIMEOUT,
     ) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
         """``(batch, logits, embeddings)`` for consecutive batches of ``paths``, in order, with
         memory that stays flat; the outputs are rows of the batch's readable images only
         (``batch.ok``). ``decode`` may replace the decoder (see
         :func:`jianmu.data.stream.stream_batches`)."""
-        batches = stream_batches(paths, self.spec, batch_size or BATCH_SIZE, workers, decode=decode)
+        batches = stream_batches(
+            paths, self.spec, batch_size or BATCH_SIZE, workers, decode=decode,
+            read_timeout=read_timeout,
+        )  # fmt: skip
         try:
             for batch in batches:
                 if len(batch.images):
@@ -132,6 +147,7 @@ class ModelBundle:
         views: int = 1,
         batch_size: int | None = None,
         workers: int | None = None,
+        read_timeout: float | None = READ_TIMEOUT,
     ) -> Outputs:
         """Outputs on ``(path, class index)`` items, one row each (zeros for unreadable images)."""
         logits: np.ndarray | None = None
@@ -139,7 +155,7 @@ class ModelBundle:
         ok = np.zeros(len(items), dtype=bool)
         errors: dict[int, str] = {}
         for batch, batch_logits, batch_embeddings in self.stream(
-            (path for path, _ in items), views, batch_size, workers
+            (path for path, _ in items), views, batch_size, workers, read_timeout=read_timeout
         ):
             for position, reason in batch.errors.items():
                 errors[batch.start + position] = reason

@@ -185,7 +185,7 @@ def data_split(
     config = _data_config(config_path, overrides, seed=seed, root=root)
     samples = find_samples(root, config.data.extensions, config.data.specimen_pattern)
     with progress_callback(console, "hashing") as progress:
-        records = scan_images([s.path for s in samples], config.data.workers, progress)
+        records = scan_images([s.path for s in samples], config.data, progress)
     result = split_samples(samples, records, config.data, seed=config.seed, root=root)
     write_manifest(out, result.rows)
     for renderable in split_renderables(result):

@@ -25,7 +25,7 @@ DOMAINS: tuple[str, ...] = get_args(Domain)
 UnknownRule = Literal["msp", "energy", "mahalanobis", "relative_mahalanobis", "knn"]
 UNKNOWN_RULES: tuple[str, ...] = get_args(UnknownRule)
 Split = Literal["train", "val", "test"]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 # Keys of earlier versions: old name -> new name (None: gone), said in one line with the new home.
 MOVED_KEYS: dict[str, tuple[str | None, str]] = {
     "eval.unknown_score": ("calibration.rule", "calibration settings live under calibration:"),
@@ -70,7 +70,18 @@ class DataConfig(_Strict):
         description="max perceptual-hash Hamming distance of near-duplicates",
     )
     min_images_per_class: int = Field(default=10, ge=1)
-    min_image_side: int = Field(default=64, ge=1)
+    min_image_side: int = Field(
+        default=64,
+        ge=1,
+        description="images whose shorter side is smaller are 'very small' in the audit; predict "
+        "refuses to guess on them ('too small'), capped at the model's input size",
+    )
+    read_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds one file may take to read (a stalled network share); then its row "
+        "says 'read timed out' and the run goes on",
+    )
     workers: int = Field(default=2, ge=0)
     cache_images: bool = Field(
         default=False,

@@ -1,8 +1,12 @@
-"""Species lists (configs/taxonomy/<domain>.yaml) and matching dataset folder names to them.
+"""Species lists (configs/taxonomy/<domain>.yaml) and matching names to them: class folders now,
+declared names in a declaration check.
 
 A folder such as ``1-Dalbergia_tucurensis`` or ``dalbergia tucurensis`` maps to *Dalbergia
-tucurensis*; a synonym maps to its accepted name (``5-Cassia_siamea`` -> *Senna siamea*); an
-unmatched folder comes back with the closest names instead of being accepted silently.
+tucurensis*; a synonym maps to its accepted name (``5-Cassia_siamea`` -> *Senna siamea*); a trade
+name (``Wenge``) or a Chinese name (``檀香紫檀``) maps to its species when exactly one species of
+the list carries it. An ambiguous name (``Bubinga``: three species; ``紫檀``: part of several
+Chinese names) is refused with the candidates listed, never guessed; an unmatched name comes back
+with the closest names instead of being accepted silently.
 """
 
 from __future__ import annotations
@@ -130,19 +134,23 @@ class Taxonomy(_Strict):
 
 @dataclass(frozen=True)
 class NameMatch:
-    """Result of matching one folder name: ``entry`` is None when nothing matched."""
+    """Result of matching one name: ``entry`` is None when nothing matched, or when the name is
+    ambiguous (``via == "ambiguous"``, the species it could be in ``candidates``)."""
 
     query: str
     entry: Species | None
-    via: Literal["name", "synonym", "none"]
+    via: Literal["name", "synonym", "trade name", "Chinese name", "ambiguous", "none"]
     candidates: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
+        if self.via == "ambiguous":
+            count = len(self.candidates)
+            return f"{self.query!r} is ambiguous: {count} species ({', '.join(self.candidates)})"
         if self.entry is None:
             hint = f" (closest: {', '.join(self.candidates)})" if self.candidates else ""
             return f"{self.query!r} is not in the taxonomy{hint}"
-        if self.via == "synonym":
-            return f"{self.query!r} -> {self.entry.name} (synonym)"
+        if self.via != "name":
+            return f"{self.query!r} -> {self.entry.name} ({self.via})"
         return f"{self.query!r} -> {self.entry.name}"
 
 
@@ -162,18 +170,47 @@ class _Index:
     def __init__(self, taxonomy: Taxonomy) -> None:
         self.by_name = {_normalize(s.name): s for s in taxonomy.species}
         self.by_synonym = {_normalize(syn): s for s in taxonomy.species for syn in s.synonyms}
+        self.by_trade = _grouped(
+            (_normalize(trade), s) for s in taxonomy.species for trade in s.trade_names
+        )
+        self.by_chinese = _grouped(
+            (_normalize(s.chinese_name), s) for s in taxonomy.species if s.chinese_name
+        )
         self.display = {k: s.name for k, s in self.by_name.items()}
         for key, species in self.by_synonym.items():
             self.display[key] = f"{species.name} (syn. {key.capitalize()})"
 
-    def match(self, folder_name: str) -> NameMatch:
-        key = _normalize(folder_name)
+    def match(self, query: str) -> NameMatch:
+        key = _normalize(query)
         if key in self.by_name:
-            return NameMatch(folder_name, self.by_name[key], "name")
+            return NameMatch(query, self.by_name[key], "name")
         if key in self.by_synonym:
-            return NameMatch(folder_name, self.by_synonym[key], "synonym")
+            return NameMatch(query, self.by_synonym[key], "synonym")
+        for via, index in (("trade name", self.by_trade), ("Chinese name", self.by_chinese)):
+            found = index.get(key, [])
+            if len(found) == 1:
+                return NameMatch(query, found[0], via)
+            if found:
+                return NameMatch(query, None, "ambiguous", [s.name for s in found])
+        containing = [s for name, group in self.by_chinese.items() if key in name for s in group]
+        if key and _is_chinese(key) and containing:
+            # only part of a Chinese name: never a guess, even when one species contains it
+            via = "ambiguous" if len(containing) > 1 else "none"
+            return NameMatch(query, None, via, [s.name for s in containing])
         close = close_matches(key, self.display, n=3, cutoff=0.6)
-        return NameMatch(folder_name, None, "none", [self.display[c] for c in close])
+        return NameMatch(query, None, "none", [self.display[c] for c in close])
+
+
+def _grouped(pairs) -> dict[str, list[Species]]:
+    groups: dict[str, list[Species]] = {}
+    for key, species in pairs:
+        if species not in groups.setdefault(key, []):
+            groups[key].append(species)
+    return groups
+
+
+def _is_chinese(text: str) -> bool:
+    return any("\u4e00" <= character <= "\u9fff" for character in text)
 
 
 def find_taxonomy_path(domain_or_path: str | Path) -> Path:

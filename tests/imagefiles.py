@@ -6,6 +6,7 @@ perceptual hashes while a rescaled or recompressed copy stays close to its origi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,28 @@ def write_png_header(path: Path, width: int, height: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
     return path
+
+
+def write_animated_gif(path: Path, frames: int = 3, size: tuple[int, int] = (48, 48)) -> Path:
+    """A GIF of ``frames`` different pictures (seeds 0, 1, ...)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures = [Image.fromarray(make_pixels(seed, size)) for seed in range(frames)]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=100)
+    return path
+
+
+def write_fifo(path: Path) -> Path:
+    """A named pipe: opening it for reading blocks until a writer comes, which none will."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def write_symlink_loops(folder: Path) -> list[Path]:
+    """A link to itself and two links to each other: every stat of them fails with ELOOP."""
+    folder.mkdir(parents=True, exist_ok=True)
+    links = [folder / "self-loop", folder / "ping", folder / "pong"]
+    os.symlink(links[0].name, links[0])
+    os.symlink(links[2].name, links[1])
+    os.symlink(links[1].name, links[2])
+    return links

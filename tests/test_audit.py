@@ -167,6 +167,7 @@ class _Entry:
 class _Match:
     entry: _Entry | None
     candidates: list[str] = field(default_factory=list)
+    via: str = "none"
 
 
 class _FakeTaxonomy:
@@ -220,12 +221,12 @@ def test_missing_root_is_a_user_error(tmp_path: Path) -> None:
 def test_scan_keeps_order_with_threads(tmp_path: Path) -> None:
     paths = [write_image(tmp_path / f"{i}.png", seed=i, size=(32, 32)) for i in range(12)]
     paths.insert(5, write_zero_byte(tmp_path / "z.png"))
-    serial = scan_images(paths, workers=0)
-    threaded = scan_images(paths, workers=3)
+    serial = scan_images(paths, DataConfig(workers=0))
+    threaded = scan_images(paths, DataConfig(workers=3))
     assert serial == threaded
     assert [r.path for r in threaded] == paths
     assert threaded[5].phash is None and threaded[5].probe.reason == "zero-byte file"
-    assert all(len(r.sha256) == 64 for r in threaded)
+    assert all(len(r.sha256) == 64 for r in threaded if r.probe.ok)
 
 
 @pytest.mark.parametrize("distance", [0, 1, 3, 4, 7, 12])

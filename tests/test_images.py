@@ -146,7 +146,7 @@ def test_truncated_jpeg_is_caught_by_the_cheap_probe(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ImageDecodeError, match="cannot read"):
+    with pytest.raises(ImageDecodeError, match="not found"):
         load_image(tmp_path / "nope.jpg")
 
 
@@ -168,4 +168,5 @@ def test_probe_reports_the_header(tmp_path: Path) -> None:
         "width": 40,
         "height": 30,
         "exif_rotated": False,
+        "frames": 1,
     }

@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from jianmu.config import load_config
 from jianmu.errors import JianmuError
 from jianmu.taxonomy import check_folders, load_taxonomy
 
@@ -141,3 +142,44 @@ def test_wood_holds_hongmu_and_swfu5_species():
         assert taxonomy.match(folder).via == "name", folder
     assert taxonomy.match("5-Cassia_siamea").entry.name == "Senna siamea"
     assert taxonomy.get("Dalbergia nigra").cites == "I"
+
+
+@pytest.mark.parametrize(
+    ("domain", "name", "species", "via"),
+    [
+        ("wood", "Wenge", "Millettia laurentii", "trade name"),
+        ("wood", "3-sapele", "Entandrophragma cylindricum", "trade name"),
+        ("wood", "檀香紫檀", "Pterocarpus santalinus", "Chinese name"),
+        ("weed_seed", "buffalobur", "Solanum rostratum", "trade name"),
+    ],
+)
+def test_unique_trade_and_chinese_names_match(domain, name, species, via):
+    match = load_taxonomy(domain).match(name)
+    assert (match.entry.name, match.via) == (species, via)
+    assert via in match.describe()
+
+
+@pytest.mark.parametrize(("name", "count"), [("Bubinga", 3), ("cocobolo", 2), ("紫檀", 8)])
+def test_ambiguous_names_are_refused_with_the_candidates(name, count):
+    match = load_taxonomy("wood").match(name)
+    assert match.entry is None and match.via == "ambiguous"
+    assert len(match.candidates) == count
+    assert f"ambiguous: {count} species" in match.describe()
+
+
+def test_a_chinese_name_that_is_only_part_of_one_is_not_a_guess():
+    match = load_taxonomy("wood").match("降香")
+    assert match.entry is None and match.via == "none"
+    assert match.candidates == ["Dalbergia odorifera"]
+
+
+def test_folders_by_trade_name_pass_the_check_and_ambiguous_ones_block(tmp_path):
+    from jianmu.data.audit import audit_dataset
+    from jianmu.data.synth import generate_dataset
+
+    generate_dataset(tmp_path, "wood", 2, per_class=3, size=48, class_names=["Wenge", "Bubinga"])
+    taxonomy = load_taxonomy("wood")
+    check = check_folders(taxonomy, ["Wenge", "Bubinga"])
+    assert [m.via for m in check.matches] == ["trade name", "ambiguous"] and not check.ok
+    report = audit_dataset(tmp_path, load_config().data, taxonomy=taxonomy)
+    assert report.blocking[-1].startswith("class folders not in the taxonomy: Bubinga (ambiguous")

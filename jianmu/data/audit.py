@@ -15,6 +15,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -22,20 +23,27 @@ import imagehash
 import numpy as np
 
 from jianmu.config import DataConfig
-from jianmu.data.images import COMMON_MODES, ImageProbe, probe_and_thumbnail
+from jianmu.data.images import (
+    COMMON_MODES,
+    READ_TIMEOUT,
+    ImageDecodeError,
+    ImageProbe,
+    probe_and_thumbnail,
+    read_image_bytes,
+)
 from jianmu.data.samples import Sample, find_dataset, natural_key, relative_posix
 from jianmu.data.synth import is_synthetic_set
 
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-_CHUNK = 1 << 20
 _PAIRS_PER_CHUNK = 1 << 22  # bounds the memory of one vectorised pair comparison (~100 MB)
 _BITS_IN_BYTE = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
 
 
 class _NameMatch(Protocol):
     entry: Any
+    via: str
     candidates: list[str]
 
 
@@ -91,6 +99,14 @@ class DuplicateGroup:
 class UnmatchedFolder:
     folder: str
     candidates: list[str]
+    """The closest names, or (``ambiguous``) the species a trade or Chinese name could be."""
+    ambiguous: bool = False
+
+    def describe(self) -> str:
+        if not self.candidates:
+            return self.folder
+        kind = "ambiguous: could be" if self.ambiguous else "closest:"
+        return f"{self.folder} ({kind} {', '.join(self.candidates)})"
 
 
 @dataclass
@@ -107,6 +123,10 @@ class AuditReport:
     small_images: list[FileIssue] = field(default_factory=list)
     odd_modes: list[FileIssue] = field(default_factory=list)
     exif_rotated: list[FileIssue] = field(default_factory=list)
+    animated: list[FileIssue] = field(default_factory=list)
+    """Animated files (GIF, WebP, APNG): their first frame is used."""
+    broken_links: list[str] = field(default_factory=list)
+    """Symbolic links with a missing target or a loop: never followed."""
     small_classes: list[str] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)
@@ -135,41 +155,35 @@ class AuditReport:
 
 def scan_images(
     paths: Sequence[str | Path],
-    workers: int = 2,
+    config: DataConfig | None = None,
     progress: Progress | None = None,
 ) -> list[ImageRecord]:
-    """Hash and probe every file in ``paths`` (in that order) with ``workers`` threads.
+    """Hash and probe every file in ``paths`` (in that order) with ``data.workers`` threads, each
+    read bounded by ``data.read_timeout``.
 
     Decoding (Pillow) and hashing (hashlib) release the GIL, so threads use all cores without
     pickling; at most a few files per worker are in flight at once.
     """
+    config = config or DataConfig()
     records: list[ImageRecord] = []
-    for record in _map_bounded(scan_image, [Path(path) for path in paths], workers):
+    scan = partial(scan_image, read_timeout=config.read_timeout)
+    for record in _map_bounded(scan, [Path(path) for path in paths], config.workers):
         records.append(record)
         if progress is not None:
             progress(len(records), len(paths))
     return records
 
 
-def scan_image(path: Path) -> ImageRecord:
-    """sha256 of the bytes, a probe, and the 64-bit perceptual hash of a small draft decode."""
+def scan_image(path: Path, read_timeout: float | None = READ_TIMEOUT) -> ImageRecord:
+    """sha256 of the bytes, a probe, and the 64-bit perceptual hash of a small draft decode; the
+    file is read once, within ``read_timeout`` seconds."""
     try:
-        digest, size_bytes = _sha256(path)
-    except OSError as error:
-        reason = f"cannot read ({error.strerror or error})"
-        return ImageRecord(path, 0, "", None, ImageProbe(status="error", reason=reason))
-    probe, thumbnail = probe_and_thumbnail(path)
+        data = read_image_bytes(path, read_timeout)
+    except ImageDecodeError as error:
+        return ImageRecord(path, 0, "", None, ImageProbe(status="error", reason=error.reason))
+    probe, thumbnail = probe_and_thumbnail(path, data=data)
     phash = int(str(imagehash.phash(thumbnail)), 16) if thumbnail is not None else None
-    return ImageRecord(path, size_bytes, digest, phash, probe)
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+    return ImageRecord(path, len(data), hashlib.sha256(data).hexdigest(), phash, probe)
 
 
 def find_near_duplicate_edges(
@@ -315,12 +329,14 @@ def audit_dataset(
     """
     started = time.perf_counter()
     files = find_dataset(root, config.extensions, config.specimen_pattern)
-    records = scan_images([sample.path for sample in files.samples], config.workers, progress)
+    paths = [sample.path for sample in files.samples]
+    records = scan_images(paths, config, progress)
     report = AuditReport(
         root=files.root,
         classes=[],
         num_files=len(files.samples),
         skipped_files=[relative_posix(path, files.root) for path in files.skipped],
+        broken_links=[relative_posix(path, files.root) for path in files.broken_links],
         samples=files.samples,
         records=records,
         synthetic=is_synthetic_set(files.root),
@@ -340,7 +356,7 @@ def _check_files(report: AuditReport, config: DataConfig) -> None:
         if not probe.ok:
             report.unreadable.append(FileIssue(path, sample.label, probe.reason))
             continue
-        if min(probe.width, probe.height) < config.min_image_side:
+        if probe.too_small(config.min_image_side):
             report.small_images.append(
                 FileIssue(path, sample.label, f"{probe.width}x{probe.height}")
             )
@@ -348,6 +364,9 @@ def _check_files(report: AuditReport, config: DataConfig) -> None:
             report.odd_modes.append(FileIssue(path, sample.label, _describe_mode(probe.mode)))
         if probe.exif_rotated:
             report.exif_rotated.append(FileIssue(path, sample.label, "EXIF orientation applied"))
+        if probe.frames > 1:
+            detail = f"{probe.frames} frames; the first is used"
+            report.animated.append(FileIssue(path, sample.label, detail))
 
 
 def _check_duplicates(report: AuditReport, distance: int) -> None:
@@ -395,7 +414,9 @@ def _check_classes(
         if taxonomy is not None:
             match = taxonomy.match(name)
             if match.entry is None:
-                report.unmatched_folders.append(UnmatchedFolder(name, list(match.candidates)))
+                ambiguous = match.via == "ambiguous"
+                unmatched = UnmatchedFolder(name, list(match.candidates), ambiguous)
+                report.unmatched_folders.append(unmatched)
             else:
                 taxon = match.entry.name
         count = images[name]
@@ -428,11 +449,7 @@ def _summarize(report: AuditReport, config: DataConfig) -> None:
         listed = ", ".join(f"{name} ({sizes[name]})" for name in report.small_classes)
         blocking.append(f"classes below {config.min_images_per_class} images: {listed}")
     if report.unmatched_folders:
-        listed = "; ".join(
-            f"{item.folder}"
-            + (f" (closest: {', '.join(item.candidates)})" if item.candidates else "")
-            for item in report.unmatched_folders
-        )
+        listed = "; ".join(item.describe() for item in report.unmatched_folders)
         blocking.append(f"class folders not in the taxonomy: {listed}")
     within = [group for group in report.exact_duplicates if len(group.labels) == 1]
     if within:
@@ -450,10 +467,17 @@ def _summarize(report: AuditReport, config: DataConfig) -> None:
         warnings.append(f"{_count(report.odd_modes, 'image')} converted to RGB ({detail})")
     if report.exif_rotated:
         warnings.append(f"{_count(report.exif_rotated, 'image')} rotated by EXIF orientation")
+    if report.animated:
+        warnings.append(f"{_count(report.animated, 'animated image')} reduced to the first frame")
     if report.skipped_files:
         warnings.append(
             f"{_count(report.skipped_files, 'file')} skipped "
             "(extension not listed, or outside a class folder)"
+        )
+    if report.broken_links:
+        warnings.append(
+            f"{_count(report.broken_links, 'symbolic link')} leading nowhere (missing target or "
+            "a loop), not followed"
         )
 
 

@@ -1,14 +1,20 @@
-"""Decoding images: any supported file -> 8-bit RGB, cheaply when a smaller size will do.
+"""Reading and decoding images: any supported file -> 8-bit RGB, cheaply when less will do.
 
-Decoding is a hot path. With ``size`` given, a large JPEG is decoded at a reduced DCT scale
-(``Image.draft``: 1/2, 1/4 or 1/8) that keeps its shorter side at least ``size``, and other formats
-are box-reduced by an integer factor with the same guarantee; the exact resize is left to the
-transforms.
+Every read is bounded: only regular files are opened (a FIFO or a device would block forever), and
+the read runs in a daemon thread that is given up after ``timeout`` seconds (a stalled network
+share), so that one bad file costs a status line, never the run. Decoding is a hot path. With
+``size`` given, a large JPEG is decoded at a reduced DCT scale (``Image.draft``: 1/2, 1/4 or 1/8)
+that keeps its shorter side at least ``size``, and other formats are box-reduced by an integer
+factor with the same guarantee; the exact resize is left to the transforms. An animated file
+(GIF, WebP, APNG) is read as its first frame, and its probe says how many frames it has.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import stat
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +24,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jianmu.errors import JianmuError
 
+# Seconds a file may take to read (data.read_timeout sets it per run).
+READ_TIMEOUT = 30.0
 # Larger images are refused ("too large"), as a guard against decompression bombs.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Decoding at this size is enough to detect truncation and to compute a perceptual hash.
@@ -50,45 +58,94 @@ class ImageProbe:
     width: int = 0
     height: int = 0
     exif_rotated: bool = False
+    frames: int = 1
+    """More than 1: an animated file, of which the first frame is used."""
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def too_small(self, min_side: int) -> bool:
+        """The one rule for images too small to judge: the shorter side under ``min_side``."""
+        return min(self.width, self.height) < min_side
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def load_image(path: str | Path, size: int | None = None) -> Image.Image:
-    """Decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
+def load_image(
+    path: str | Path, size: int | None = None, timeout: float | None = READ_TIMEOUT
+) -> Image.Image:
+    """Read and decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
 
     Args:
-        path: image file (JPEG, PNG, TIFF, BMP, WebP, ...).
+        path: image file (JPEG, PNG, TIFF, BMP, WebP, GIF, ...).
         size: when given, the image may come back smaller than stored, but its shorter side stays
             at least ``size`` (or the stored size when that is already smaller).
+        timeout: seconds the read may take (None: no limit).
 
     Raises:
-        ImageDecodeError: zero-byte, not an image, truncated, too large or otherwise unreadable.
+        ImageDecodeError: not found, not a regular file, zero-byte, read timed out, not an image,
+            truncated, too large or otherwise unreadable.
     """
-    return _decode(Path(path), size)[0]
+    return open_image(path, size, timeout)[0]
 
 
-def check_readable(path: str | Path) -> None:
-    """Name the two reasons an inspector can act on before decoding: a wrong path (or a broken
-    link, or a folder) and a file they may not read.
+def open_image(
+    path: str | Path, size: int | None = None, timeout: float | None = READ_TIMEOUT
+) -> tuple[Image.Image, ImageProbe]:
+    """:func:`load_image` and the probe of the file (its stored size, mode, frames)."""
+    path = Path(path)
+    return decode_image(read_image_bytes(path, timeout), path, size)
+
+
+def read_image_bytes(path: str | Path, timeout: float | None = READ_TIMEOUT) -> bytes:
+    """The bytes of a regular file, read within ``timeout`` seconds (None: no limit).
 
     Raises:
         ImageDecodeError: "not found", "cannot read (broken link)", "not an image (a folder)",
+            "not a regular file", "zero-byte file", "read timed out (after N s)",
             "cannot read (<reason>)".
     """
+    path = Path(path)
+    if timeout is None:
+        return _read_regular_file(path)
+    found: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            found["data"] = _read_regular_file(path)
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            found["error"] = error
+
+    # A daemon thread: a read stuck in the kernel (a stalled share) cannot hold up the exit.
+    reader = threading.Thread(target=read, name="jianmu-read", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        raise ImageDecodeError(path, f"read timed out (after {timeout:g} s)")
+    if "error" in found:
+        raise found["error"]
+    return found["data"]
+
+
+def _read_regular_file(path: Path) -> bytes:
     try:
-        with open(path, "rb"):
-            pass
+        info = os.stat(path)
     except FileNotFoundError:
         reason = "not found" if not os.path.lexists(path) else "cannot read (broken link)"
         raise ImageDecodeError(path, reason) from None
-    except IsADirectoryError:
-        raise ImageDecodeError(path, "not an image (a folder)") from None
+    except OSError as error:
+        raise ImageDecodeError(path, f"cannot read ({error.strerror or error})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageDecodeError(path, "not an image (a folder)")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageDecodeError(path, "not a regular file")
+    if info.st_size == 0:
+        raise ImageDecodeError(path, "zero-byte file")
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
     except OSError as error:
         raise ImageDecodeError(path, f"cannot read ({error.strerror or error})") from None
 
@@ -99,33 +156,34 @@ def probe_image(path: str | Path) -> ImageProbe:
 
 
 def probe_and_thumbnail(
-    path: Path, size: int = PROBE_SIZE
+    path: Path, size: int = PROBE_SIZE, data: bytes | None = None
 ) -> tuple[ImageProbe, Image.Image | None]:
-    """Probe ``path`` and keep the small RGB decode (shorter side >= ``size`` when possible).
+    """Probe ``path`` (or its bytes ``data``, already read) and keep the small RGB decode
+    (shorter side >= ``size`` when possible).
 
     JPEGs are decoded at up to 1/8 scale, which still reads the whole entropy-coded stream, so a
     truncated file is caught without the cost of a full decode. Never raises for a bad file.
     """
     try:
-        image, probe = _decode(path, size)
+        data = read_image_bytes(path) if data is None else data
+        image, probe = decode_image(data, path, size)
     except ImageDecodeError as error:
         return ImageProbe(status="error", reason=error.reason), None
     return probe, image
 
 
-def _decode(path: Path, size: int | None) -> tuple[Image.Image, ImageProbe]:
+def decode_image(data: bytes, path: Path, size: int | None) -> tuple[Image.Image, ImageProbe]:
+    """Decode the bytes of ``path`` (see :func:`load_image`); ``path`` names it in errors."""
+    if not data:
+        raise ImageDecodeError(path, "zero-byte file")
     try:
-        if os.stat(path).st_size == 0:
-            raise ImageDecodeError(path, "zero-byte file")
-    except OSError as error:
-        raise ImageDecodeError(path, f"cannot read ({error.strerror or error})") from None
-    try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             pixels = width * height
             if pixels > MAX_PIXELS:
                 raise ImageDecodeError(path, f"too large ({pixels} pixels)")
             format_, mode = image.format or "", image.mode
+            frames = int(getattr(image, "n_frames", 1) or 1)
             orientation = _orientation(image)
             if size is not None and format_ == "JPEG":
                 image.draft("RGB", (size, size))
@@ -152,6 +210,7 @@ def _decode(path: Path, size: int | None) -> tuple[Image.Image, ImageProbe]:
         width=width,
         height=height,
         exif_rotated=orientation != 1,
+        frames=frames,
     )
     return rgb, probe
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jianmu.data.images import load_image
+from jianmu.data.images import READ_TIMEOUT, load_image
 from jianmu.data.spec import INTERPOLATION_NAMES, TransformSpec
 from jianmu.errors import JianmuError
 
@@ -76,10 +76,13 @@ def preprocess(image: np.ndarray, spec: TransformSpec) -> np.ndarray:
     return np.ascontiguousarray(normalized.transpose(2, 0, 1))
 
 
-def load_preprocessed(path: str | Path, spec: TransformSpec) -> np.ndarray:
-    """Decode ``path`` (draft-decoding large JPEGs) and :func:`preprocess` it.
+def load_preprocessed(
+    path: str | Path, spec: TransformSpec, timeout: float | None = READ_TIMEOUT
+) -> np.ndarray:
+    """Read ``path`` within ``timeout`` seconds, decode it (draft-decoding large JPEGs) and
+    :func:`preprocess` it.
 
     Raises:
         ImageDecodeError: the file cannot be read as an image.
     """
-    return preprocess(np.asarray(load_image(path, size=decode_size(spec))), spec)
+    return preprocess(np.asarray(load_image(path, decode_size(spec), timeout)), spec)

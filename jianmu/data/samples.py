@@ -34,6 +34,8 @@ class DatasetFiles:
     samples: list[Sample]
     skipped: list[Path] = field(default_factory=list)
     """Files not taken as samples: wrong extension, or lying directly in the root folder."""
+    broken_links: list[Path] = field(default_factory=list)
+    """Symbolic links that lead nowhere: a missing target or a loop (never followed)."""
 
 
 def natural_key(text: str) -> list[int | str]:
@@ -52,7 +54,7 @@ def find_class_folders(root: str | Path) -> list[str]:
         raise JianmuError(f"data root not found: {root}")
     if not root.is_dir():
         raise JianmuError(f"data root is not a folder: {root}")
-    names = [entry.name for entry in os.scandir(root) if _visible(entry.name) and entry.is_dir()]
+    names = [entry.name for entry in _entries(root) if _is_dir(entry)]
     if not names:
         raise JianmuError(f"no class folders in {root}: expected ROOT/<class>/<images>")
     return sorted(names, key=natural_key)
@@ -76,22 +78,20 @@ def find_dataset(
     classes = find_class_folders(root)
     suffixes = {_normalize_extension(extension) for extension in extensions}
     pattern = compile_specimen_pattern(specimen_pattern)
-    skipped = [
-        root / entry.name
-        for entry in os.scandir(root)
-        if _visible(entry.name) and not entry.is_dir()
-    ]
+    skipped = [root / entry.name for entry in _entries(root) if not _is_dir(entry)]
     samples: list[Sample] = []
     for label in classes:
         for relative in walk_files(root / label):
             path = root / label / relative
-            if path.suffix.lower() not in suffixes:
+            if path.suffix.lower() not in suffixes or is_broken_link(path):
                 skipped.append(path)
                 continue
             specimen = specimen_from_name(relative, pattern) or relative.as_posix()
             samples.append(Sample(path=path, label=label, specimen=f"{label}/{specimen}"))
     skipped.sort(key=lambda path: _path_key(path.relative_to(root)))
-    return DatasetFiles(root=root, classes=classes, samples=samples, skipped=skipped)
+    broken = [path for path in skipped if is_broken_link(path)]
+    skipped = [path for path in skipped if path not in broken]
+    return DatasetFiles(root, classes, samples, skipped, broken)
 
 
 def find_samples(
@@ -117,13 +117,39 @@ def relative_posix(path: Path, root: Path) -> str:
 
 
 def walk_files(folder: Path) -> list[Path]:
-    """Visible files below ``folder`` as relative paths, in natural order of their parts."""
+    """Visible files below ``folder`` as relative paths, in natural order of their parts.
+
+    Links to folders are not followed (no loop can trap the walk); a link that leads nowhere
+    (a missing target, a loop) comes back as a file: see :func:`is_broken_link`. Folders that
+    cannot be listed are passed over."""
     found: list[Path] = []
     for current, folders, files in os.walk(folder):
         folders[:] = [name for name in folders if _visible(name)]
         base = Path(current).relative_to(folder)
         found.extend(base / name for name in files if _visible(name))
     return sorted(found, key=_path_key)
+
+
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target is missing or that loops back on itself."""
+    try:
+        os.stat(path)
+    except OSError:
+        return os.path.islink(path)
+    return False
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return [entry for entry in entries if _visible(entry.name)]
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder, or a link to one; never raises (a link loop is not a folder)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _path_key(path: Path) -> list[list[int | str]]:

@@ -116,7 +116,7 @@ def split_samples(
             ``{"fold1": 0.2, ..., "fold5": 0.2}`` for cross-validation folds).
     """
     data_root = Path(root or config.root or _infer_root(samples)).expanduser().absolute()
-    records = _records_for(samples, records, config.workers)
+    records = _records_for(samples, records, config)
     if fractions is None:
         fractions = {"train": 1.0 - config.val_fraction - config.test_fraction}
         fractions |= {"val": config.val_fraction, "test": config.test_fraction}
@@ -315,11 +315,11 @@ def manifest_items(
 
 
 def _records_for(
-    samples: Sequence[Sample], records: Sequence[ImageRecord] | None, workers: int
+    samples: Sequence[Sample], records: Sequence[ImageRecord] | None, config: DataConfig
 ) -> list[ImageRecord]:
     known = {record.path: record for record in records or ()}
     unknown = [sample.path for sample in samples if sample.path not in known]
-    known |= {record.path: record for record in scan_images(unknown, workers)}
+    known |= {record.path: record for record in scan_images(unknown, config)}
     return [known[sample.path] for sample in samples]
 
 

@@ -13,12 +13,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jianmu.data.images import ImageDecodeError
+from jianmu.data.images import READ_TIMEOUT, ImageDecodeError
 from jianmu.data.preprocess import load_preprocessed
 from jianmu.data.spec import TransformSpec
 
@@ -49,15 +50,17 @@ def stream_batches(
     workers: int | None = None,
     prefetch: int = 2,
     decode: Decode | None = None,
+    read_timeout: float | None = READ_TIMEOUT,
 ) -> Iterator[Batch]:
     """Batches of preprocessed images of ``paths``, in order; unreadable files are reported in
     :attr:`Batch.errors`, never raised.
 
     Args:
-        decode: ``(path, spec) -> (CHW float32 image, extra)``; the default decodes and
-            preprocesses and returns no extra. A custom one can also keep a thumbnail.
+        decode: ``(path, spec) -> (CHW float32 image, extra)``; the default reads (within
+            ``read_timeout`` seconds), decodes and preprocesses, and returns no extra. A custom one
+            can also keep a thumbnail; it bounds its own reads.
     """
-    decode = decode or _decode
+    decode = decode or partial(_decode, timeout=read_timeout)
     workers = workers or default_workers()
     iterator = iter(paths)
     start = 0
@@ -93,8 +96,8 @@ def stream_batches(
             )
 
 
-def _decode(path: Path, spec: TransformSpec) -> tuple[np.ndarray, None]:
-    return load_preprocessed(path, spec), None
+def _decode(path: Path, spec: TransformSpec, timeout: float | None) -> tuple[np.ndarray, None]:
+    return load_preprocessed(path, spec, timeout), None
 
 
 def _safe(decode, path: Path, spec: TransformSpec) -> tuple[np.ndarray | None, Any, str | None]:

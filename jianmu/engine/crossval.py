@@ -78,7 +78,7 @@ def make_folds(config: Config, folds: int) -> list[list[ManifestRow]]:
         raise JianmuError(f"--folds must be at least 2, got {folds}")
     root = data_root(config)
     samples = find_samples(root, config.data.extensions, config.data.specimen_pattern)
-    records = scan_images([s.path for s in samples], config.data.workers)
+    records = scan_images([s.path for s in samples], config.data)
     names = [fold_name(i + 1) for i in range(folds)]
     assigned = split_samples(
         samples, records, config.data, config.seed, root, fractions=dict.fromkeys(names, 1 / folds)

@@ -12,6 +12,7 @@ calibrated for, ``data.specimen_pattern`` unset means the pattern it was trained
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,11 @@ def evaluate(config: Config, model: str | Path | ModelBundle) -> EvalResult:
     if not known:
         raise JianmuError(f"{root}: no images of the model's {len(index)} classes to evaluate")
     items = [(sample.path, index[sample.label]) for sample in known]
-    outputs = bundle.run(items, views, config.eval.batch_size)
-    tta = None
-    if views > 1:
-        tta = _tta_gain(bundle.run(items, 1, config.eval.batch_size), outputs, views)
+    run = partial(
+        bundle.run, batch_size=config.eval.batch_size, read_timeout=config.data.read_timeout
+    )
+    outputs = run(items, views)
+    tta = _tta_gain(run(items, 1), outputs, views) if views > 1 else None
     unreadable = [(str(known[i].path), outputs.errors[i]) for i in np.flatnonzero(~outputs.ok)]
     known = [sample for sample, good in zip(known, outputs.ok, strict=True) if good]
     outputs = outputs.readable()
@@ -119,7 +121,7 @@ def evaluate(config: Config, model: str | Path | ModelBundle) -> EvalResult:
             result.specimens, known, outputs.targets, bundle.classes
         )
     if bundle.calibration(views).rule is not None and bundle.statistics is not None:
-        scores = _unknown_scores(bundle, unknown, views, config)
+        scores = _unknown_scores(bundle, run, unknown, views)
         result.open_set = _unknown_rule(bundle, views, prediction, scores)
     result.predictions = _predictions(known, prediction, bundle.classes, outputs.targets)
     result.files = write_eval_report(result, config.out or DEFAULT_OUT)
@@ -260,12 +262,11 @@ def _specimen_metrics(specimens: list[SpecimenVerdict], known: list[Sample], tar
     return report
 
 
-def _unknown_scores(bundle, unknown: list[Sample], views: int, config: Config):
+def _unknown_scores(bundle, run, unknown: list[Sample], views: int):
     """Unknown-rule scores of the readable images of species the model does not know."""
     if not unknown:
         return None
-    outputs = bundle.run([(s.path, -1) for s in unknown], views, config.eval.batch_size)
-    outputs = outputs.readable()
+    outputs = run([(s.path, -1) for s in unknown], views).readable()
     return bundle.predict_outputs(outputs.logits, outputs.embeddings, views).scores
 
 

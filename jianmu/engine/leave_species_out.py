@@ -70,7 +70,7 @@ def leave_species_out(
     root = data_root(config)
     folder = ExperimentDir(config.out or Path("runs") / time.strftime("openset-%Y%m%d-%H%M%S"))
     samples = find_samples(root, config.data.extensions, config.data.specimen_pattern)
-    records = scan_images([s.path for s in samples], config.data.workers)
+    records = scan_images([s.path for s in samples], config.data)
     rows = split_samples(samples, records, config.data, config.seed, root).rows
     classes = sorted({row.label for row in rows}, key=natural_key)
     if len(classes) < 3:

@@ -33,11 +33,12 @@ from PIL import Image
 
 from jianmu.bundle import ModelBundle, load_model
 from jianmu.config import Config
-from jianmu.data.images import check_readable, load_image
+from jianmu.data.images import ImageDecodeError, open_image
 from jianmu.data.inputs import InputImage, find_inputs, path_key
 from jianmu.data.preprocess import DIHEDRAL_VIEWS, decode_size, preprocess
 from jianmu.data.samples import class_index
 from jianmu.data.spec import TransformSpec
+from jianmu.data.stream import Decode
 from jianmu.errors import JianmuError
 from jianmu.outputs import Prediction
 from jianmu.report.predict_files import ResultWriter, output_format, read_results
@@ -124,7 +125,7 @@ def predict(
     with_thumbnails = settings.html is not None
     batches = bundle.stream(
         (image.path for image in todo), views, settings.batch_size, settings.workers,
-        decode=_decoder(with_thumbnails),
+        decode=_decoder(with_thumbnails, bundle.min_image_side, config.data.read_timeout),
     )  # fmt: skip
 
     def record(batch, logits, embeddings) -> None:
@@ -177,13 +178,16 @@ def _consume(batches: Iterator, handle: Callable[..., None]) -> bool:
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def _decoder(with_thumbnail: bool) -> Callable[[Path, TransformSpec], tuple[np.ndarray, Any]]:
-    """The decode function of the thread pool: preprocessed image and, for the HTML page, a JPEG
-    thumbnail made from the already decoded (draft-reduced) picture."""
+def _decoder(with_thumbnail: bool, min_side: int, timeout: float) -> Decode:
+    """The decode function of the thread pool: the file read within ``timeout`` seconds, refused
+    when its shorter side is under ``min_side`` (too small to judge), preprocessed; and, for the
+    HTML page, a JPEG thumbnail made from the already decoded (draft-reduced) picture."""
 
     def decode(path: Path, spec: TransformSpec) -> tuple[np.ndarray, bytes | None]:
-        check_readable(path)
-        picture = load_image(path, size=decode_size(spec))
+        picture, probe = open_image(path, decode_size(spec), timeout)
+        if probe.too_small(min_side):
+            size = f"{probe.width}x{probe.height} px"
+            raise ImageDecodeError(path, f"too small to judge ({size}; under {min_side} px)")
         thumbnail = _thumbnail(picture) if with_thumbnail else None
         return preprocess(np.asarray(picture), spec), thumbnail
 

@@ -198,7 +198,11 @@ def calibrate_best(
     run's own training and validation images, and store it in the checkpoint."""
     checkpoint = load_checkpoint(run.best)
     bundle = TorchBundle.from_checkpoint(checkpoint, run.best, device)
-    outputs = partial(bundle.run, batch_size=config.calibration.batch_size)
+    outputs = partial(
+        bundle.run,
+        batch_size=config.calibration.batch_size,
+        read_timeout=config.data.read_timeout,
+    )
     fitted = calibrate(outputs, splits.items, config.calibration, config.seed)
     extras = {name: torch.from_numpy(a) for name, a in fitted.statistics.to_arrays().items()}
     save_checkpoint(run.best, checkpoint.state_dict, {**checkpoint.meta, **fitted.record}, extras)

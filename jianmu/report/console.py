@@ -77,7 +77,10 @@ def taxonomy_check_table(result: TaxonomyCheck) -> Table:
         table.add_column(column, overflow="fold")
     collisions = {q for found in result.collisions.values() for q in found}
     for match in result.matches:
-        if match.entry is None:
+        if match.via == "ambiguous":
+            candidates = f"could be: {', '.join(match.candidates)}"
+            table.add_row(match.query, Text("ambiguous", style="bold red"), candidates)
+        elif match.entry is None:
             closest = ", ".join(match.candidates) or "no close name"
             table.add_row(match.query, Text("not found", style="bold red"), f"closest: {closest}")
         else:
@@ -223,9 +226,7 @@ def audit_renderables(report) -> list:
     def groups(items, joiner: str) -> list[str]:
         return [joiner.join(group.paths) for group in items]
 
-    unmatched_rows = [
-        f"{u.folder} (closest: {', '.join(u.candidates) or '-'})" for u in report.unmatched_folders
-    ]
+    unmatched_rows = [unmatched.describe() for unmatched in report.unmatched_folders]
     rows = [
         ("unreadable / zero-byte / not an image", issues(report.unreadable)),
         ("conflicting labels (duplicate in 2+ classes)", groups(report.conflicting_labels, " = ")),
@@ -234,9 +235,11 @@ def audit_renderables(report) -> list:
         ("very small images", issues(report.small_images)),
         ("odd modes (converted to RGB)", issues(report.odd_modes)),
         ("EXIF-rotated (rotation applied)", [i.path for i in report.exif_rotated]),
+        ("animated (first frame used)", issues(report.animated)),
         ("classes with too few images", list(report.small_classes)),
         ("empty class folders", list(report.empty_classes)),
         ("files skipped (extension)", list(report.skipped_files)),
+        ("broken links / link loops", list(report.broken_links)),
         ("folders not in taxonomy", unmatched_rows),
     ]
     for name, items in rows:
