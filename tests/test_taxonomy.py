@@ -183,3 +183,19 @@ def test_folders_by_trade_name_pass_the_check_and_ambiguous_ones_block(tmp_path)
     assert [m.via for m in check.matches] == ["trade name", "ambiguous"] and not check.ok
     report = audit_dataset(tmp_path, load_config().data, taxonomy=taxonomy)
     assert report.blocking[-1].startswith("class folders not in the taxonomy: Bubinga (ambiguous")
+
+
+@pytest.mark.parametrize(
+    ("domain", "folder", "species"),
+    [
+        ("wood", "Diospyros_blancoi", "Diospyros blancoi"),
+        ("wood", "Diospyros philippensis", "Diospyros blancoi"),  # GB/T 18107's name
+        ("wood", "Shorea_leprosula", "Rubroshorea leprosula"),
+        ("weed_seed", "Iva_xanthifolia", "Cyclachaena xanthiifolia"),  # the Chinese list's spelling
+        ("insect", "Bactrocera_curcubitae", "Zeugodacus cucurbitae"),  # tephritid-wings' spelling
+        ("insect", "Bactrocera cucurbitae", "Zeugodacus cucurbitae"),
+        ("insect", "地中海实蝇", "Ceratitis capitata"),
+    ],
+)
+def test_the_names_the_field_uses_resolve(domain, folder, species):
+    assert load_taxonomy(domain).match(folder).entry.name == species
