@@ -26,6 +26,7 @@ _API = {
     "evaluate": "jianmu.engine.evaluate",
     "export": "jianmu.engine.export",
     "predict": "jianmu.engine.predict",
+    "verify": "jianmu.engine.verify",
     "bench": "jianmu.engine.bench",
     "cross_validate": "jianmu.engine.crossval",
     "leave_species_out": "jianmu.engine.leave_species_out",

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from jianmu.calibration.apply import Calibration, Calibrator, FeatureStatistics
+from jianmu.calibration.apply import Calibration, Calibrator
+from jianmu.calibration.scores import FeatureStatistics
 from jianmu.config import DataConfig
 from jianmu.data.images import READ_TIMEOUT
 from jianmu.data.preprocess import DIHEDRAL_VIEWS, dihedral

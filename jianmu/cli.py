@@ -395,56 +395,67 @@ def eval_command(
 EXIT_INTERRUPTED = 130
 
 
+ModelArgument = Annotated[
+    Path,
+    typer.Argument(
+        metavar="MODEL", help="ONNX bundle (.onnx), TorchScript bundle, checkpoint or run folder"
+    ),
+]
+InputsArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="INPUT", help="image files, folders (searched recursively) or .txt/.lst lists"
+    ),
+]
+ResultsOption = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="results file: .csv, .json or .jsonl (one row per image)"),
+]
+HtmlOption = Annotated[
+    Path | None, typer.Option("--html", help="also write a self-contained HTML page")
+]
+TopKOption = Annotated[
+    int | None, typer.Option("--top-k", min=1, help="species shown per image (default 3)")
+]
+TtaOption = Annotated[
+    bool | None, typer.Option("--tta/--no-tta", help="8 flips/rotations per image (8x slower)")
+]
+SpecimenPatternOption = Annotated[
+    str | None,
+    typer.Option(
+        "--specimen-pattern",
+        help="regex on file names whose group 'specimen' (or group 1) names the specimen "
+        "(default: the sub-folder under INPUT)",
+    ),
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="skip files already in --out and append to it")
+]
+BatchSizeOption = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="default: per model format")
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="decoding threads (default: CPUs)")
+]
+
+
 @app.command("predict")
 def predict_command(
-    model: Annotated[
-        Path,
-        typer.Argument(
-            metavar="MODEL",
-            help="ONNX bundle (.onnx), TorchScript bundle, checkpoint or run folder",
-        ),
-    ],
-    inputs: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="INPUT",
-            help="image files, folders (searched recursively) or .txt/.lst lists of paths",
-        ),
-    ],
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="results file: .csv, .json or .jsonl (one row per image)"),
-    ] = None,
-    html: Annotated[
-        Path | None, typer.Option("--html", help="also write a self-contained HTML page")
-    ] = None,
-    top_k: Annotated[
-        int | None, typer.Option("--top-k", min=1, help="species shown per image (default 3)")
-    ] = None,
-    tta: Annotated[
-        bool | None, typer.Option("--tta/--no-tta", help="8 flips/rotations per image (8x slower)")
-    ] = None,
-    specimen_pattern: Annotated[
-        str | None,
-        typer.Option(
-            "--specimen-pattern",
-            help="regex on file names whose group 'specimen' (or group 1) names the specimen "
-            "(default: the sub-folder under INPUT)",
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="skip files already in --out and append to it")
-    ] = False,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="default: per model format")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="decoding threads (default: CPUs)")
-    ] = None,
+    model: ModelArgument,
+    inputs: InputsArgument,
+    out: ResultsOption = None,
+    html: HtmlOption = None,
+    top_k: TopKOption = None,
+    tta: TtaOption = None,
+    specimen_pattern: SpecimenPatternOption = None,
+    resume: ResumeOption = False,
+    batch_size: BatchSizeOption = None,
+    workers: WorkersOption = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Classify field photos: top species with calibrated confidence, verdict, regulatory flags.
+    """Classify field photos: the answer at the rank the model is sure of, calibrated candidates,
+    regulatory flags.
 
     Every file gets a row, readable or not. Exit codes: 0 every file was read; 1 some files could
     not be read (their rows say why); 2 user error (bad model, no inputs, bad option); 130
@@ -455,15 +466,82 @@ def predict_command(
         predict__tta=tta, predict__specimen_pattern=specimen_pattern,
         predict__resume=resume or None, predict__batch_size=batch_size, predict__workers=workers,
     )  # fmt: skip
-    from jianmu.engine.predict import PredictInterrupted, predict
+    from jianmu.engine.predict import predict
+
+    result = _classify(
+        lambda progress: predict(config, model, inputs, progress, out is None), out is None
+    )
+    if result.failed:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+@app.command("verify")
+def verify_command(
+    model: ModelArgument,
+    inputs: InputsArgument,
+    declared: Annotated[
+        str | None,
+        typer.Option(
+            "--declared",
+            help="one declared taxon for every input: a species (name, synonym, trade or Chinese "
+            "name), a genus ('Dalbergia sp.') or a family",
+        ),
+    ] = None,
+    declarations: Annotated[
+        Path | None,
+        typer.Option(
+            "--declarations",
+            help="CSV with the columns 'declared' and 'specimen' or 'path' (relative to the CSV)",
+        ),
+    ] = None,
+    out: ResultsOption = None,
+    html: HtmlOption = None,
+    top_k: TopKOption = None,
+    tta: TtaOption = None,
+    specimen_pattern: SpecimenPatternOption = None,
+    resume: ResumeOption = False,
+    batch_size: BatchSizeOption = None,
+    workers: WorkersOption = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Check declarations: is each specimen what its papers say?
+
+    Per specimen: consistent, inconsistent (with what it looks like) or cannot decide (refer to
+    lab), and the regulatory consequence. Exit codes: 0 every declaration consistent and every
+    file read; 1 some files could not be read; 2 user error (bad model, a declared name that
+    matches nothing or several species, no declaration); 3 some declarations cannot be decided;
+    4 some declarations are inconsistent; 130 interrupted by Ctrl-C.
+    """
+    config = load_config(
+        config_path, overrides or [], out=out, predict__html=html, predict__top_k=top_k,
+        predict__tta=tta, predict__specimen_pattern=specimen_pattern,
+        predict__resume=resume or None, predict__batch_size=batch_size, predict__workers=workers,
+        verify__declared=declared, verify__declarations=declarations,
+    )  # fmt: skip
+    from jianmu.engine.verify import exit_code, verify
+
+    result = _classify(
+        lambda progress: verify(config, model, inputs, progress, out is None), out is None
+    )
+    code = exit_code(result)
+    if code:
+        raise typer.Exit(code)
+
+
+def _classify(run, show_images: bool):
+    """Run predict or verify with a progress bar, print the tables (each image's too, with
+    ``show_images``), say what was written; exit 130 when interrupted (the rows done are saved).
+    Returns the result."""
+    from jianmu.engine.predict import PredictInterrupted
     from jianmu.report.console import predict_progress, predict_renderables
 
     with predict_progress(console) as progress:
         try:
-            result = predict(config, model, inputs, progress, keep_images=out is None)
+            result = run(progress)
         except PredictInterrupted as interrupted:
             result = interrupted.result
-    for renderable in predict_renderables(result, show_images=out is None):
+    for renderable in predict_renderables(result, show_images=show_images):
         console.print(renderable)
     for path in result.files:
         console.print(f"written: {path}", highlight=False)
@@ -474,8 +552,7 @@ def predict_command(
             highlight=False,
         )
         raise typer.Exit(EXIT_INTERRUPTED)
-    if result.failed:
-        raise typer.Exit(EXIT_FINDINGS)
+    return result
 
 
 @app.command("export")

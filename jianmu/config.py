@@ -76,6 +76,11 @@ class DataConfig(_Strict):
         description="images whose shorter side is smaller are 'very small' in the audit; predict "
         "refuses to guess on them ('too small'), capped at the model's input size",
     )
+    families: dict[str, str] = Field(
+        default={},
+        description="genus -> family, for class folders outside the domain's taxonomy (the "
+        "genus comes from a binomial folder name: Genus_species)",
+    )
     read_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -163,6 +168,13 @@ class CalibrationConfig(_Strict):
         description="also fit for the 8 flips/quarter turns (test-time augmentation); eval then "
         "uses them unless eval.tta says otherwise",
     )
+    max_wrong_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="answers at the species, genus or family rank are fitted so that at most this "
+        "share of validation images is answered wrong (1: no rank answers, species or unknown)",
+    )
     batch_size: int = Field(default=64, ge=1)
 
 
@@ -203,6 +215,18 @@ class ExportConfig(_Strict):
     )
 
 
+class VerifyConfig(_Strict):
+    """What ``jianmu verify`` checks the photos against: one declared name, or a CSV."""
+
+    declared: str | None = Field(
+        default=None, description="one declared taxon for every input: species, genus (sp.), family"
+    )
+    declarations: Path | None = Field(
+        default=None,
+        description="CSV with the columns 'declared' and 'specimen' or 'path' (relative to it)",
+    )
+
+
 class BenchConfig(_Strict):
     update_baseline: bool = Field(default=False, description="rewrite the suite's baseline")
 
@@ -224,6 +248,7 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     predict: PredictConfig = PredictConfig()
+    verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
 
     def updated(self, overrides: list[str] | tuple[str, ...] = (), **options: Any) -> Config:

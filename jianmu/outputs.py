@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,13 @@ class Prediction:
     embeddings: np.ndarray  # N x D
     probabilities: np.ndarray  # N x C, softmax(logits / temperature)
     scores: np.ndarray  # N unknown-rule scores (NaN without a rule)
-    known: np.ndarray  # N bool: score >= threshold (all True without a rule)
+    known: np.ndarray  # N bool: answered at the species rank (all True without a rule)
+    rank: list[str] = field(default_factory=list)
+    """Per image: the deepest rank answered (species, genus, family or unknown)."""
+    taxon: list[str | None] = field(default_factory=list)
+    """Per image: the taxon answered at that rank (None: unknown)."""
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    """Per image and rank: the candidate taxon, its score and the rank's threshold."""
 
 
 def as_matrix(values: np.ndarray, what: str, keep_float32: bool = False) -> np.ndarray:

@@ -238,6 +238,168 @@ def _load_taxonomy_file(path: Path, mtime_ns: int) -> Taxonomy:
     return validate_config(raw, source=str(path), model=Taxonomy)
 
 
+# --- ranks: the lineage of a model's classes and the regulatory status of a genus or family -------
+
+RANKS = ("species", "genus", "family")
+_BINOMIAL = re.compile(r"^[A-Za-z][a-z]+(?: [a-z][a-z-]+)+$")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The species, genus and family of a class; None where it is not known."""
+
+    species: str | None
+    genus: str | None
+    family: str | None
+
+    def at(self, rank: str) -> str | None:
+        return getattr(self, rank)
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {rank: self.at(rank) for rank in RANKS}
+
+
+def lineage_of(
+    name: str, taxonomy: Taxonomy | None = None, families: dict[str, str] | None = None
+) -> Lineage:
+    """A class folder's lineage: its taxonomy entry's; else, for a binomial folder name
+    (``Genus_species``, ``Genus species``), that genus, with its family from ``families`` (a lab's
+    genus -> family map) or from the taxonomy's other species of the genus; else nothing."""
+    entry = taxonomy.match(name).entry if taxonomy is not None else None
+    if entry is not None:
+        return Lineage(entry.name, entry.genus, entry.family)
+    words = _SEPARATORS.sub(" ", _LEADING_INDEX.sub("", unicodedata.normalize("NFKC", name)))
+    words = words.strip()
+    if not _BINOMIAL.match(words):
+        return Lineage(None, None, None)
+    species = words[0].upper() + words[1:]
+    genus = species.split()[0]
+    family = (families or {}).get(genus)
+    if family is None and taxonomy is not None:
+        family = next((s.family for s in taxonomy.species if s.genus == genus), None)
+    return Lineage(species, genus, family)
+
+
+def rank_flags(members: list[Species | None], rank: str) -> dict[str, list[str]]:
+    """What is certain, and what is only possible, about the regulatory status of a taxon whose
+    members (its species in the taxonomy and the model; None: a species outside the taxonomy, of
+    unknown status) are ``members``: ``{"flags": [...], "possible": [...]}``. A flag is certain
+    when every member carries it."""
+    flags: list[str] = []
+    possible: list[str] = []
+    kinds = (
+        ("cites", lambda values: f"CITES App. {' or '.join(sorted(values))}", "CITES-listed"),
+        ("hongmu", lambda values: "Hongmu " + " or ".join(sorted(values)), "Hongmu"),
+        ("quarantine", _quarantine_words, "a quarantine pest"),
+    )
+    for field_name, certain, maybe in kinds:
+        values = [getattr(member, field_name, None) if member else None for member in members]
+        listed = [value for value in values if value]
+        if members and len(listed) == len(members):
+            flags.append(certain(set(listed)))
+        elif listed:
+            possible.append(
+                f"possibly {maybe} ({len(listed)} of {len(members)} species in the {rank})"
+            )
+    return {"flags": flags, "possible": possible}
+
+
+def _quarantine_words(values: set[str]) -> str:
+    words = {"china_entry": "China entry list", "china_bilateral": "bilateral agreement"}
+    return "quarantine pest (" + " or ".join(words[value] for value in sorted(values)) + ")"
+
+
+def class_hierarchy(
+    classes: list[str], taxonomy: Taxonomy | None, families: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """What a model stores to answer at the rank it is sure of: each class's lineage, and the
+    regulatory status of every genus and family among them (over all their species in the
+    taxonomy and in the model), so that a bundle needs no taxonomy file."""
+    lineages = [lineage_of(name, taxonomy, families) for name in classes]
+    flags: dict[str, dict[str, Any]] = {}
+    for rank in ("genus", "family"):
+        flags[rank] = {}
+        for taxon in sorted({lin.at(rank) for lin in lineages if lin.at(rank)}):
+            known = [s for s in (taxonomy.species if taxonomy else []) if getattr(s, rank) == taxon]
+            names = {s.name for s in known}
+            outside = [
+                None for lin in lineages if lin.at(rank) == taxon and lin.species not in names
+            ]
+            flags[rank][taxon] = rank_flags([*known, *outside], rank)
+    return {"lineage": [lin.to_dict() for lin in lineages], "flags": flags}
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A declared name, matched: the rank it names (``Dalbergia sp.`` names a genus) and its
+    lineage, and the regulatory flags certain at that rank."""
+
+    query: str
+    rank: str
+    lineage: Lineage
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def taxon(self) -> str:
+        return self.lineage.at(self.rank)  # type: ignore[return-value]
+
+    @property
+    def label(self) -> str:
+        return f"{self.taxon} sp." if self.rank == "genus" else self.taxon
+
+
+_GENUS_ONLY = re.compile(r"^\s*([A-Za-z]+)(?:\s+(?:sp|spp)\.?)?\s*$")
+
+
+def match_declared(
+    name: str,
+    taxonomy: Taxonomy | None,
+    classes: dict[str, Lineage] | None = None,
+) -> Declared:
+    """Match a declared name: a species through the taxonomy (accepted name, synonym, unique trade
+    or Chinese name) or a class of the model (``classes``: class name -> lineage); a genus
+    (``Dalbergia``, ``Dalbergia sp.``, ``Dalbergia spp.``) or a family (``Fabaceae``) of either.
+
+    Raises:
+        JianmuError: an ambiguous name (with the candidates) or one that matches nothing (with the
+            closest names).
+    """
+    classes = classes or {}
+    known = [Lineage(s.name, s.genus, s.family) for s in (taxonomy.species if taxonomy else [])]
+    known += list(classes.values())
+    words = _GENUS_ONLY.match(name)
+    if words:
+        word = words.group(1).capitalize()
+        for rank in ("genus", "family"):
+            members = [lin for lin in known if lin.at(rank) == word]
+            if members:
+                lineage = Lineage(None, word if rank == "genus" else None, members[0].family)
+                return Declared(name, rank, lineage, _group_flags(taxonomy, classes, rank, word))
+    match = taxonomy.match(name) if taxonomy is not None else None
+    if match is not None and match.entry is not None:
+        entry = match.entry
+        return Declared(
+            name, "species", Lineage(entry.name, entry.genus, entry.family), entry.flags
+        )
+    folded = {_normalize(key): lineage for key, lineage in classes.items()}
+    if _normalize(name) in folded:
+        return Declared(name, "species", folded[_normalize(name)])
+    if match is not None and match.via == "ambiguous":
+        raise JianmuError(f"declared name {match.describe()}; declare one of them")
+    closest = match.candidates if match is not None else []
+    hint = f" (closest: {', '.join(closest)})" if closest else ""
+    raise JianmuError(f"declared name {name!r} matches no species, genus or family{hint}")
+
+
+def _group_flags(taxonomy, classes: dict[str, Lineage], rank: str, taxon: str) -> list[str]:
+    members = [s for s in (taxonomy.species if taxonomy else []) if getattr(s, rank) == taxon]
+    names = {s.name for s in members}
+    outside = [
+        None for lin in classes.values() if lin.at(rank) == taxon and lin.species not in names
+    ]
+    return rank_flags([*members, *outside], rank)["flags"]
+
+
 @dataclass
 class TaxonomyCheck:
     """Matching every class folder of a dataset against a taxonomy."""

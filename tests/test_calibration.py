@@ -6,17 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jianmu.calibration import apply
-from jianmu.calibration.apply import (
-    RULES,
-    Calibrator,
-    FeatureStatistics,
-    score_energy,
-    score_knn,
-    score_mahalanobis,
-    score_msp,
-    softmax,
-)
+from jianmu.calibration import scores
+from jianmu.calibration.apply import Calibrator
 from jianmu.calibration.fit import (
     calibrate,
     fit_knn,
@@ -24,6 +15,15 @@ from jianmu.calibration.fit import (
     fit_temperature,
     settings_of,
     threshold_for_recall,
+)
+from jianmu.calibration.scores import (
+    RULES,
+    FeatureStatistics,
+    score_energy,
+    score_knn,
+    score_mahalanobis,
+    score_msp,
+    softmax,
 )
 from jianmu.config import CalibrationConfig
 from jianmu.errors import JianmuError
@@ -139,7 +139,7 @@ def test_knn_chunking_gives_the_same_scores(monkeypatch):
     model = fit_knn(rng.normal(size=(7, 3)))
     queries = rng.normal(size=(5, 3))
     whole = score_knn(model, queries, k=2)
-    monkeypatch.setattr(apply, "_CHUNK_ELEMENTS", 8)  # one query row per block
+    monkeypatch.setattr(scores, "_CHUNK_ELEMENTS", 8)  # one query row per block
     assert score_knn(model, queries, k=2) == pytest.approx(whole)
 
 
@@ -221,14 +221,14 @@ def test_calibrate_fits_temperature_statistics_and_thresholds_for_each_view_coun
     assert calls[:2] == [(60, views), (40, views)]
     assert ("single_view" in calibration) == tta  # one view gets its own fit beside TTA's
     assert set(unknown["thresholds"]) == set(RULES)
-    meta = {**fitted.record}
+    meta = {"classes": ["a", "b", "c"], **fitted.record}
     calibrator = Calibrator(meta, FeatureStatistics.from_arrays(fitted.statistics.to_arrays()))
     for view_count in {1, views}:
         val = run(items["val"], view_count)
         prediction = calibrator.apply(val.logits, val.embeddings, view_count)
         assert prediction.known.mean() >= 0.9  # the promise, on the statistics as stored
         assert calibrator.calibration(view_count).exact
-    assert settings_of(meta) == config.model_copy(update={"batch_size": 64})
+    assert settings_of(meta) == config.model_copy(update={"batch_size": 64, "max_wrong_rate": 1.0})
 
 
 def test_calibrate_drops_unreadable_images_and_refuses_when_none_is_left():

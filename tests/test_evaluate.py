@@ -11,7 +11,7 @@ from tiny import settings, tiny_config
 from typer.testing import CliRunner
 
 from jianmu.bundle import load_model
-from jianmu.calibration.apply import RULES
+from jianmu.calibration.scores import RULES
 from jianmu.cli import app
 from jianmu.data.split import manifest_items, read_manifest
 from jianmu.data.synth import generate_dataset
@@ -134,8 +134,12 @@ def test_cli_eval_follows_the_models_own_tta_setting(tmp_path):
     assert report["tta"] is None
     # one view has its own temperature and threshold, fitted at training time
     assert report["open_set"]["views"] == 1 and report["open_set"]["threshold_fitted_for_views"]
-    meta = load_checkpoint(run.run_dir).meta["calibration"]
-    assert report["open_set"]["threshold"] == pytest.approx(
-        meta["single_view"]["thresholds"][report["open_set"]["rule"]]
+    checkpoint = load_checkpoint(run.run_dir).meta
+    meta = checkpoint["calibration"]
+    # the species threshold in force: the rank rule's for one view (inf, null in JSON: never)
+    species = checkpoint["ranks"]["thresholds"]["1"]["species"]
+    assert report["open_set"]["threshold"] == (None if species is None else pytest.approx(species))
+    assert load_model(run.run_dir).calibration(1).threshold == (
+        float("inf") if species is None else species
     )
     assert report["temperature"] == pytest.approx(meta["single_view"]["temperature"])

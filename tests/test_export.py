@@ -99,11 +99,14 @@ def test_int8_export_is_quantized_guarded_and_keeps_its_unknown_recall(run, tmp_
     assert result.parity["passed"] and "int8_top1_drop_points" in result.parity
     assert result.size_bytes < (run / "best.safetensors").stat().st_size
     bundle = load_model(result.path)
-    assert bundle.meta["unknown"]["refit_for_int8"]
+    meta = bundle.meta
+    assert meta["unknown"]["refit_for_int8"] and set(meta["ranks"]["thresholds"]) == {"1", "8"}
     batch = val_batch(run, bundle, count=100)
+    rule_thresholds = {8: meta["unknown"]["threshold"]}
+    rule_thresholds[1] = meta["calibration"]["single_view"]["thresholds"][meta["unknown"]["rule"]]
     for views in (1, 8):  # thresholds chosen again for the int8 model's own embeddings
-        known = bundle.predict(batch, views).known
-        assert known.mean() >= bundle.meta["unknown"]["target_known_recall"]
+        scores = bundle.predict(batch, views).scores
+        assert (scores >= rule_thresholds[views]).mean() >= meta["unknown"]["target_known_recall"]
 
 
 def test_int8_guard_refuses_an_accuracy_drop_and_leaves_no_file(run, tmp_path, monkeypatch):

@@ -19,7 +19,16 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from jianmu.calibration.apply import (
+from jianmu.calibration.ranks import (
+    RANKED_RULES,
+    RANKS,
+    Hierarchy,
+    RankScores,
+    class_scores,
+    decide,
+    rank_scores,
+)
+from jianmu.calibration.scores import (
     KNN_K,
     FeatureStatistics,
     KnnModel,
@@ -51,9 +60,14 @@ class Fitted:
 
 
 def calibrate(
-    run: RunOutputs, items: dict[str, Sequence[Item]], config: CalibrationConfig, seed: int = 0
+    run: RunOutputs,
+    items: dict[str, Sequence[Item]],
+    config: CalibrationConfig,
+    seed: int = 0,
+    hierarchy: Hierarchy | None = None,
 ) -> Fitted:
-    """Fit temperature, statistics and thresholds on ``items["train"]`` and ``items["val"]``.
+    """Fit temperature, statistics and thresholds on ``items["train"]`` and ``items["val"]``, and,
+    given the classes' ``hierarchy``, the rank thresholds (:func:`fit_rank_thresholds`).
 
     Raises:
         JianmuError: no readable training or validation image.
@@ -88,7 +102,140 @@ def calibrate(
         "thresholds": thresholds,
         "knn_k": KNN_K,
     }
-    return Fitted({"calibration": calibration, "unknown": unknown}, statistics)
+    record: dict[str, Any] = {"calibration": calibration, "unknown": unknown}
+    if hierarchy is not None and config.rule in RANKED_RULES and config.max_wrong_rate < 1:
+        fits = {views: (val, temperature, thresholds[config.rule])}
+        if views > 1:
+            single_view = calibration["single_view"]
+            fits[1] = (single, single_view["temperature"], single_view["thresholds"][config.rule])
+        fitted = {
+            str(count): fit_rank_thresholds(
+                statistics, config.rule, outputs, hierarchy, temperature_, config.max_wrong_rate,
+                species_floor,
+            )
+            for count, (outputs, temperature_, species_floor) in fits.items()
+        }  # fmt: skip
+        record["ranks"] = {
+            # None: never answer at that rank (JSON has no infinity)
+            "thresholds": {
+                count: {
+                    rank: (t if np.isfinite(t) else None) for rank, t in fit["thresholds"].items()
+                }
+                for count, fit in fitted.items()
+            },
+            "validation": {count: fit["validation"] for count, fit in fitted.items()},
+            "max_wrong_rate": config.max_wrong_rate,
+        }
+    return Fitted(record, statistics)
+
+
+def fit_rank_thresholds(
+    statistics: FeatureStatistics,
+    rule: str,
+    val: Outputs,
+    hierarchy: Hierarchy,
+    temperature: float,
+    max_wrong_rate: float,
+    species_floor: float = -np.inf,
+) -> dict[str, Any]:
+    """The species, genus and family thresholds that answer as deep as possible with at most
+    ``max_wrong_rate`` of wrong answers, on known validation images and, separately, on the same
+    images standing in for species the model never saw (each class left out in turn: its images
+    must then be answered at a coarser rank its other classes share, or unknown). The species
+    threshold is never looser than ``species_floor`` (the unknown rule's own, for its target
+    recall): a left-out class is easier to tell apart than a species never trained on.
+
+    Returns:
+        ``{"thresholds": {rank: t}, "validation": {...}}``: the wrong and answered shares reached.
+    """
+    probabilities = softmax(val.logits, temperature)
+    scores = class_scores(statistics, rule, val.logits, val.embeddings, temperature)
+    known = rank_scores(scores, probabilities, hierarchy)
+    known_truth = np.stack([hierarchy.member[rank][val.targets] for rank in RANKS], 1)
+    unseen_parts, unseen_truth = [], []
+    classes = len(hierarchy.member["species"])
+    for left_out in range(classes):
+        rows = np.flatnonzero(val.targets == left_out)
+        if not len(rows) or classes < 2:
+            continue
+        alive = np.arange(classes) != left_out
+        unseen_parts.append(rank_scores(scores[rows], probabilities[rows], hierarchy, alive))
+        unseen_truth.append(np.tile(_answerable(hierarchy, left_out, alive), (len(rows), 1)))
+    pools = [(known, known_truth)]
+    if unseen_parts:
+        pools.append((RankScores.concatenate(unseen_parts), np.concatenate(unseen_truth)))
+    thresholds = _search_thresholds(pools, max_wrong_rate, species_floor)
+    figures = [_judge(scored, truth, thresholds) for scored, truth in pools]
+    names = ("known", "unseen")
+    validation = {
+        f"{name}_{key}": value
+        for name, figure in zip(names, figures, strict=False)
+        for key, value in figure.items()
+    }
+    return {"thresholds": thresholds, "validation": validation}
+
+
+def _answerable(hierarchy: Hierarchy, left_out: int, alive: np.ndarray) -> np.ndarray:
+    """What a left-out class's images may be answered, per rank: its taxon when another class
+    still shares it, else nothing (-2: any answer at that rank is wrong)."""
+    truth = []
+    for rank in RANKS:
+        taxon = hierarchy.member[rank][left_out]
+        shared = rank != "species" and taxon >= 0 and (hierarchy.member[rank][alive] == taxon).any()
+        truth.append(taxon if shared else -2)
+    return np.array(truth)
+
+
+def _search_thresholds(
+    pools: list[tuple[RankScores, np.ndarray]], max_wrong_rate: float, species_floor: float
+) -> dict[str, float]:
+    """Greedy search: for each species threshold, the loosest feasible genus threshold, then the
+    loosest feasible family threshold; the combination answering deepest wins. Wrong answers only
+    grow as a threshold loosens, so "loosest feasible" is found by a scan."""
+    candidates = {}
+    for rank in RANKS:
+        pooled = np.concatenate([scored.scores[rank] for scored, _ in pools])
+        pooled = pooled[np.isfinite(pooled)]
+        steps = np.unique(np.quantile(pooled, np.linspace(0, 1, 41))) if len(pooled) else []
+        candidates[rank] = [*steps, np.inf]  # loosest first; inf: never answer at this rank
+    candidates["species"] = [t for t in candidates["species"] if t >= species_floor] or [np.inf]
+    best, best_thresholds = -1.0, {rank: np.inf for rank in RANKS}
+    for species in candidates["species"]:
+        thresholds = {"species": species, "genus": np.inf, "family": np.inf}
+        if not _feasible(pools, thresholds, max_wrong_rate):
+            continue
+        for rank in ("genus", "family"):
+            for value in candidates[rank]:
+                trial = {**thresholds, rank: value}
+                if _feasible(pools, trial, max_wrong_rate):
+                    thresholds = trial
+                    break
+        utility = sum(_judge(scored, truth, thresholds)["depth"] for scored, truth in pools)
+        if utility > best + 1e-12:
+            best, best_thresholds = utility, thresholds
+    return {rank: float(value) for rank, value in best_thresholds.items()}
+
+
+def _feasible(pools, thresholds: dict[str, float], max_wrong_rate: float) -> bool:
+    return all(
+        _judge(scored, truth, thresholds)["wrong"] <= max_wrong_rate for scored, truth in pools
+    )
+
+
+def _judge(scored: RankScores, truth: np.ndarray, thresholds: dict[str, float]) -> dict[str, float]:
+    """Shares answered at each rank, wrong, and the mean depth of the right answers (species 3,
+    genus 2, family 1)."""
+    answer = decide(scored, thresholds)
+    rows = np.arange(len(answer))
+    given = np.stack([scored.taxa[rank] for rank in RANKS], 1)
+    answered = answer < len(RANKS)
+    position = np.minimum(answer, len(RANKS) - 1)
+    right = answered & (given[rows, position] == truth[rows, position])
+    figures = {rank: float(np.mean(answer == i)) for i, rank in enumerate(RANKS)}
+    figures["wrong"] = float(np.mean(answered & ~right)) if len(answer) else 0.0
+    depth = np.where(right, len(RANKS) - position, 0)
+    figures["depth"] = float(depth.mean()) if len(answer) else 0.0
+    return figures
 
 
 def settings_of(meta: dict[str, Any], batch_size: int = 64) -> CalibrationConfig:
@@ -96,10 +243,12 @@ def settings_of(meta: dict[str, Any], batch_size: int = 64) -> CalibrationConfig
     unknown, calibration = meta.get("unknown") or {}, meta.get("calibration") or {}
     if not unknown:
         raise JianmuError("the model was never calibrated: no unknown-species rule to refit")
+    ranks = meta.get("ranks") or {}
     return CalibrationConfig(
         rule=unknown["rule"],
         target_known_recall=float(unknown["target_known_recall"]),
         tta=int(calibration.get("views", 1)) > 1,
+        max_wrong_rate=float(ranks.get("max_wrong_rate", 1.0)),
         batch_size=batch_size,
     )
 

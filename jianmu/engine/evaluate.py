@@ -20,7 +20,8 @@ import numpy as np
 
 from jianmu import metrics
 from jianmu.bundle import ModelBundle, load_model
-from jianmu.calibration.apply import calibrated_views, softmax
+from jianmu.calibration.apply import calibrated_views
+from jianmu.calibration.scores import softmax
 from jianmu.config import IMAGE_EXTENSIONS, Config
 from jianmu.data.preprocess import DIHEDRAL_VIEWS
 from jianmu.data.samples import Sample, class_index, find_samples
@@ -29,12 +30,19 @@ from jianmu.engine.splits import data_root
 from jianmu.errors import JianmuError
 from jianmu.report.eval_files import write_eval_report
 from jianmu.report.eval_page import REPORT_HTML
+from jianmu.taxonomy import lineage_of, load_taxonomy
 from jianmu.verdict import (
     IDENTIFIED,
+    RANKS,
     SPECIMEN_RULE,
+    UNKNOWN_RANK,
+    Lineages,
     SpecimenRollup,
     SpecimenVerdict,
-    image_verdict,
+    answer_is_wrong,
+    deepest_answer,
+    rank_verdict,
+    taxon_label,
     top_k,
 )
 
@@ -120,9 +128,18 @@ def evaluate(config: Config, model: str | Path | ModelBundle) -> EvalResult:
         result.specimen_metrics = _specimen_metrics(
             result.specimens, known, outputs.targets, bundle.classes
         )
+    lineages = Lineages(bundle.classes, _lineage(bundle))
+    truths = [lineages.of_class[bundle.classes[target]] for target in outputs.targets]
+    result.metrics["ranks"] = rank_figures(prediction, truths, lineages)
+    unknown_prediction = _unknown_prediction(bundle, run, unknown, views)
     if bundle.calibration(views).rule is not None and bundle.statistics is not None:
-        scores = _unknown_scores(bundle, run, unknown, views)
+        scores = None if unknown_prediction is None else unknown_prediction[0].scores
         result.open_set = _unknown_rule(bundle, views, prediction, scores)
+    if unknown_prediction is not None:
+        found, labels = unknown_prediction
+        taxonomy = _taxonomy(bundle)
+        truths = [lineage_of(label, taxonomy, config.data.families).to_dict() for label in labels]
+        result.open_set = (result.open_set or {}) | {"ranks": rank_figures(found, truths, lineages)}
     result.predictions = _predictions(known, prediction, bundle.classes, outputs.targets)
     result.files = write_eval_report(result, config.out or DEFAULT_OUT)
     result.page = result.files[REPORT_HTML]
@@ -231,13 +248,12 @@ def _roll_up(known: list[Sample], prediction, bundle, config) -> list[SpecimenVe
     if len({sample.specimen for sample in known}) == len(known):
         return None
     classes = bundle.classes
-    rollup = SpecimenRollup(classes, min(config.predict.top_k, bundle.num_classes))
-    for sample, row, is_known in zip(
-        known, prediction.probabilities, prediction.known, strict=True
-    ):
-        best = top_k(row, rollup.top_k)
-        top = [(classes[i], float(row[i])) for i in best]
-        rollup.add(sample.specimen, top, image_verdict(bool(is_known)))
+    k = min(config.predict.top_k, bundle.num_classes)
+    rollup = SpecimenRollup(classes, k, _lineage(bundle))
+    for row, sample in enumerate(known):
+        probabilities = prediction.probabilities[row]
+        top = [(classes[i], float(probabilities[i])) for i in top_k(probabilities, k)]
+        rollup.add(sample.specimen, top, prediction.rank[row], prediction.taxon[row])
     return rollup.results()
 
 
@@ -262,12 +278,53 @@ def _specimen_metrics(specimens: list[SpecimenVerdict], known: list[Sample], tar
     return report
 
 
-def _unknown_scores(bundle, run, unknown: list[Sample], views: int):
-    """Unknown-rule scores of the readable images of species the model does not know."""
+def _unknown_prediction(bundle, run, unknown: list[Sample], views: int):
+    """The predictions of the readable images of species the model does not know, and their
+    class folders; None without such images."""
     if not unknown:
         return None
-    outputs = run([(s.path, -1) for s in unknown], views).readable()
-    return bundle.predict_outputs(outputs.logits, outputs.embeddings, views).scores
+    outputs = run([(s.path, -1) for s in unknown], views)
+    labels = [s.label for s, good in zip(unknown, outputs.ok, strict=True) if good]
+    outputs = outputs.readable()
+    if not len(labels):
+        return None
+    return bundle.predict_outputs(outputs.logits, outputs.embeddings, views), labels
+
+
+def rank_figures(prediction, truths: list[dict], lineages: Lineages) -> dict[str, Any]:
+    """How images of known lineages ``truths`` were answered: the share at each rank, the share
+    wrong at the rank given, and the share given the deepest answer a model with these classes
+    could rightly give (per expected rank)."""
+    answers = list(zip(prediction.rank, prediction.taxon, strict=True))
+    figures: dict[str, Any] = {
+        rank: float(np.mean([answer == rank for answer, _ in answers]))
+        for rank in (*RANKS, UNKNOWN_RANK)
+    }
+    wrong = [
+        answer_is_wrong(r, t, truth, lineages)
+        for (r, t), truth in zip(answers, truths, strict=True)
+    ]
+    figures["wrong"] = float(np.mean(wrong))
+    expected = [deepest_answer(truth, lineages) for truth in truths]
+    right = [
+        answer[0] == want[0] and not bad
+        for answer, want, bad in zip(answers, expected, wrong, strict=True)
+    ]
+    figures["deepest_right"] = float(np.mean(right))
+    figures["expected"] = {
+        rank: sum(want[0] == rank for want in expected) for rank in (*RANKS, UNKNOWN_RANK)
+    }
+    figures["count"] = len(answers)
+    return figures
+
+
+def _lineage(bundle: ModelBundle) -> list[dict]:
+    return (bundle.meta.get("hierarchy") or {}).get("lineage") or [{} for _ in bundle.classes]
+
+
+def _taxonomy(bundle: ModelBundle):
+    domain = (bundle.meta.get("taxonomy") or {}).get("domain")
+    return load_taxonomy(domain) if domain else None
 
 
 def _unknown_rule(bundle, views: int, known, unknown_scores) -> dict[str, Any]:
@@ -288,13 +345,15 @@ def _unknown_rule(bundle, views: int, known, unknown_scores) -> dict[str, Any]:
 
 def _predictions(known: list[Sample], prediction, classes, targets) -> list[dict[str, Any]]:
     rows = []
-    for sample, row, score, is_known, target in zip(
-        known, prediction.probabilities, prediction.scores, prediction.known, targets, strict=True
+    for index, (sample, row, score, target) in enumerate(
+        zip(known, prediction.probabilities, prediction.scores, targets, strict=True)
     ):
         best = int(row.argmax())
+        rank = prediction.rank[index]
         rows.append({
             "path": str(sample.path), "true_class": classes[target], "predicted": classes[best],
             "probability": float(row[best]), "unknown_score": float(score),
-            "verdict": image_verdict(bool(is_known)),
+            "verdict": rank_verdict(rank), "rank": rank,
+            "answer": taxon_label(rank, prediction.taxon[index]),
         })  # fmt: skip
     return rows

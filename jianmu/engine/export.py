@@ -44,8 +44,8 @@ from jianmu.bundle import (
     encode_statistics,
     taxonomy_entries,
 )
-from jianmu.calibration.apply import FeatureStatistics
 from jianmu.calibration.fit import calibrate, seeded_subset, settings_of
+from jianmu.calibration.scores import FeatureStatistics
 from jianmu.config import IMAGE_EXTENSIONS, Config, ExportConfig
 from jianmu.data.samples import class_index, find_samples
 from jianmu.data.split import manifest_items, read_manifest
@@ -112,7 +112,8 @@ def export(config: Config, model: str | Path) -> ExportResult:
     meta["export"]["parity"] = parity
     if settings.int8 and "unknown" in meta:
         # int8 moves the outputs a little: calibrate again, for the same promise.
-        fitted = calibrate(bundle.run, items, settings_of(meta), config.seed)
+        hierarchy = bundle.calibrator.ranks.hierarchy
+        fitted = calibrate(bundle.run, items, settings_of(meta), config.seed, hierarchy)
         meta |= fitted.record
         meta["unknown"]["refit_for_int8"] = True
         statistics = fitted.statistics.to_arrays(keep_knn=meta["unknown"]["rule"] == "knn")

@@ -18,8 +18,8 @@ from typing import Any
 
 from jianmu import metrics
 from jianmu.bundle import load_model
-from jianmu.calibration.apply import RULES
 from jianmu.calibration.fit import fit_statistics, fit_temperature, threshold_for_recall
+from jianmu.calibration.scores import RULES
 from jianmu.config import Config
 from jianmu.data.audit import scan_images
 from jianmu.data.preprocess import DIHEDRAL_VIEWS

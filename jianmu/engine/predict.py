@@ -33,6 +33,7 @@ from PIL import Image
 
 from jianmu.bundle import ModelBundle, load_model
 from jianmu.config import Config
+from jianmu.data.declarations import Declarations
 from jianmu.data.images import ImageDecodeError, open_image
 from jianmu.data.inputs import InputImage, find_inputs, path_key
 from jianmu.data.preprocess import DIHEDRAL_VIEWS, decode_size, preprocess
@@ -42,7 +43,20 @@ from jianmu.data.stream import Decode
 from jianmu.errors import JianmuError
 from jianmu.outputs import Prediction
 from jianmu.report.predict_files import ResultWriter, output_format, read_results
-from jianmu.verdict import IDENTIFIED, SpecimenRollup, image_verdict, other_share, top_k
+from jianmu.taxonomy import Declared
+from jianmu.verdict import (
+    DECISIONS,
+    IDENTIFIED,
+    RANKS,
+    UNKNOWN_RANK,
+    Lineages,
+    SpecimenRollup,
+    declaration_decision,
+    other_share,
+    rank_verdict,
+    taxon_label,
+    top_k,
+)
 
 THUMBNAIL_SIZE = 128
 Progress = Callable[[int, int], None]
@@ -82,6 +96,7 @@ def predict(
     inputs: Sequence[str | Path],
     progress: Progress | None = None,
     keep_images: bool = True,
+    declarations: Declarations | None = None,
 ) -> PredictResult:
     """Classify every image of ``inputs``; write ``out`` (.csv, .json or .jsonl) and
     ``predict.html``, as the ``predict:`` settings say (top_k, tta, batch_size, workers,
@@ -95,6 +110,8 @@ def predict(
         progress: called as ``progress(done, total)`` after each batch.
         keep_images: keep the image records in the result (always kept for JSON and HTML output;
             the command line passes False with ``--out`` so that its memory stays flat).
+        declarations: what each image or specimen is declared to be (``jianmu verify``): every
+            record then says whether its answer bears the declaration out.
 
     Raises:
         JianmuError: bad model, no inputs, unknown output suffix, an unusable ``--resume`` file.
@@ -114,13 +131,15 @@ def predict(
     todo = [image for image in found.images if path_key(image.path) not in done]
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     views = DIHEDRAL_VIEWS if settings.tta else 1
-    labels = _Labels(bundle, max(1, min(settings.top_k, bundle.num_classes)), views)
+    labels = _Labels(bundle, max(1, min(settings.top_k, bundle.num_classes)), views, declarations)
     as_document = out is not None and output_format(out) == ".json"
     keep_images = keep_images or settings.html is not None or as_document
     tally = _Tally(labels, keep_images)
     for record in previous:
         tally.add(labels.check(record, out))
-    writer = ResultWriter(out, labels.top_k, append=bool(previous)) if out is not None else None
+    writer = None
+    if out is not None:
+        writer = ResultWriter(out, labels.top_k, bool(previous), declarations is not None)
     thumbnails: dict[str, bytes] = {}
     with_thumbnails = settings.html is not None
     batches = bundle.stream(
@@ -143,7 +162,11 @@ def predict(
     interrupted = _consume(batches, record)
     summary = tally.summary(bundle, model, time.perf_counter() - started, len(todo), views)
     summary |= {"skipped": found.skipped, "resumed": len(previous), "interrupted": interrupted}
-    result = PredictResult(tally.images, tally.specimen_records(), summary, tally.failures)
+    specimens = tally.specimen_records()
+    summary["regulated_specimens"] = tally.regulated_specimens(specimens)
+    if declarations is not None:
+        summary |= decision_summary(specimens, tally.images)
+    result = PredictResult(tally.images, specimens, summary, tally.failures)
     result.interrupted = interrupted
     result.species = {name: labels.details(name) for name in summary["per_species"]}
     if writer is not None:
@@ -206,25 +229,75 @@ def _thumbnail(picture) -> bytes:
 
 
 def failed_record(image: InputImage, reason: str) -> dict[str, Any]:
-    """The record of a file that could not be read: ``status`` says why; no verdict."""
+    """The record of a file that could not be read: ``status`` says why; no answer."""
     return {
         "path": str(image.path), "specimen": image.specimen, "status": reason, "verdict": None,
-        "top": [], "other": None, "unknown_score": None, "threshold": None, "species": None,
-        "chinese_name": None, "genus": None, "family": None, "flags": [],
+        "rank": None, "taxon": None, "top": [], "other": None, "unknown_score": None,
+        "threshold": None, "species": None, "chinese_name": None, "genus": None, "family": None,
+        "flags": [], "possible_flags": [], "evidence": {},
     }  # fmt: skip
 
 
-class _Labels:
-    """What a record says about each class: species name, taxonomy details, regulatory flags;
-    and the calibrated threshold of the number of views."""
+def decision_summary(specimens: list[dict], images: list[dict]) -> dict[str, Any]:
+    """Decisions per specimen (and per image of no specimen), and the regulatory consequences,
+    the certain ones first."""
+    units = [*specimens, *(record for record in images if record.get("specimen") is None)]
+    counts = Counter(record.get("decision") for record in units if record.get("decision"))
+    consequences = [
+        {"specimen": record.get("specimen") or record.get("path"), "consequence": text}
+        for record in units
+        if (text := record.get("consequence"))
+    ]
+    consequences.sort(key=lambda found: "possibly" in found["consequence"])
+    return {
+        "decisions": {decision: counts[decision] for decision in DECISIONS},
+        "consequences": consequences,
+    }
 
-    def __init__(self, bundle: ModelBundle, top_k: int, views: int) -> None:
+
+def _consequence(record: dict[str, Any], declared: Declared, decision: str) -> str | None:
+    """What the answer means for the regulations, when the declaration does not say it: a flag
+    certain at the answered rank that the declared taxon lacks, or a possible one."""
+    if decision == "consistent":
+        return None
+    new = [flag for flag in record.get("flags") or [] if flag not in declared.flags]
+    possible = record.get("possible_flags") or []
+    if not new and not (possible and not declared.flags):
+        return None
+    said = "; ".join(declared.flags) or "not listed"
+    looks = "; ".join(new) if new else "; ".join(possible)
+    return f"declared {declared.label} ({said}); looks like {record.get('taxon')} ({looks})"
+
+
+def answer_rank(record: dict[str, Any]) -> str | None:
+    """The rank a record answers at; records of before ranks answered species or unknown."""
+    if record.get("status", "ok") != "ok":
+        return None
+    if record.get("rank"):
+        return record["rank"]
+    return "species" if record.get("verdict") == IDENTIFIED else UNKNOWN_RANK
+
+
+class _Labels:
+    """What a record says about each class and each answer: names, taxonomy details, regulatory
+    flags (certain, and possible at a genus or family); and the species threshold in force."""
+
+    def __init__(
+        self, bundle: ModelBundle, top_k: int, views: int, declarations: Declarations | None = None
+    ) -> None:
+        self.declarations = declarations
         self.classes = bundle.classes
         self.species = bundle.species
         self.entries = bundle.taxonomy_entries
         self.index = class_index(self.classes)
         self.top_k = top_k
-        self.threshold = bundle.calibration(views).threshold
+        threshold = bundle.calibration(views).threshold
+        # None in the files when no image can be answered at the species rank (JSON: no inf)
+        self.threshold = threshold if threshold is None or np.isfinite(threshold) else None
+        hierarchy = bundle.meta.get("hierarchy") or {}
+        self.lineage = hierarchy.get("lineage") or [{} for _ in self.classes]
+        self.rank_flags = hierarchy.get("flags") or {}
+        self.lineages = Lineages(self.classes, self.lineage)
 
     def records(self, batch, todo: list[InputImage], prediction, thumbnails: dict) -> list[dict]:
         """The records of one batch, in input order; thumbnails of readable images are kept."""
@@ -233,9 +306,9 @@ class _Labels:
         for position, path in enumerate(batch.paths):
             image = todo[batch.start + position]
             if not batch.ok[position]:
-                records.append(failed_record(image, batch.errors[position]))
+                records.append(self.declare(failed_record(image, batch.errors[position]), image))
                 continue
-            records.append(self.record(image, prediction, row))
+            records.append(self.declare(self.record(image, prediction, row), image))
             row += 1
             if batch.extras[position] is not None:
                 thumbnails[str(path)] = batch.extras[position]
@@ -250,30 +323,83 @@ class _Labels:
             for i in best
         ]  # fmt: skip
         score = float(prediction.scores[row])
+        rank, taxon = prediction.rank[row], prediction.taxon[row]
         return {
             "path": str(image.path),
             "specimen": image.specimen,
             "status": "ok",
-            "verdict": image_verdict(bool(prediction.known[row])),
+            "verdict": rank_verdict(rank),
+            "rank": rank,
+            "taxon": taxon_label(rank, taxon),
             "top": top,
             "other": other_share(probabilities[best]),
             # unrounded, so that the verdict reads as score >= threshold from the file alone
             "unknown_score": None if np.isnan(score) else score,
             "threshold": self.threshold,
-            **self.details(top[0]["class"]),
+            **self.answer(rank, taxon, self.classes[best[0]]),
+            "evidence": prediction.evidence[row],
+        }
+
+    def answer(self, rank: str | None, taxon: str | None, top_class: str) -> dict[str, Any]:
+        """Names and flags of an answer: a species answer has its class's; a genus or family
+        answer states a flag only when every species of the taxon carries it, and the rest as
+        possible; an unknown answer states none."""
+        if rank == "species":
+            return {**self.details(top_class), "possible_flags": []}
+        lineage = self.lineages.of_answer(rank, taxon)
+        found = self.rank_flags.get(rank, {}).get(taxon, {}) if rank in ("genus", "family") else {}
+        return {
+            "species": None,
+            "chinese_name": None,
+            "genus": lineage["genus"],
+            "family": lineage["family"],
+            "flags": list(found.get("flags") or []),
+            "possible_flags": list(found.get("possible") or []),
         }
 
     def details(self, name: str | None) -> dict[str, Any]:
         """Scientific and Chinese name, genus, family and flags of class ``name``."""
         index = self.index.get(name) if name is not None else None
         entry = self.entries[index] if index is not None else None
-        species = self.species[index] if index is not None else None
+        lineage = self.lineage[index] if index is not None else {}
         return {
-            "species": (entry or {}).get("name") or species,
+            "species": (entry or {}).get("name") or lineage.get("species"),
             "chinese_name": (entry or {}).get("chinese_name"),
-            "genus": (entry or {}).get("genus"),
-            "family": (entry or {}).get("family"),
+            "genus": (entry or {}).get("genus") or lineage.get("genus"),
+            "family": (entry or {}).get("family") or lineage.get("family"),
             "flags": list((entry or {}).get("flags") or []),
+        }
+
+    def taxon_of(self, record: dict[str, Any], rank: str | None) -> str | None:
+        """The taxon a record answers at ``rank`` (a species answer of a record written before
+        ranks: its top class's species)."""
+        if rank not in RANKS:
+            return None
+        taxon = record.get(rank)
+        if taxon is None and rank == "species" and record.get("top"):
+            taxon = self.lineages.of_class.get(record["top"][0]["class"], {}).get("species")
+        return taxon
+
+    def declare(self, record: dict[str, Any], image: InputImage) -> dict[str, Any]:
+        """``record`` with its declaration and what its answer says of it, when verifying."""
+        if self.declarations is None:
+            return record
+        return {**record, **self.judge(record, self.declarations.for_image(image))}
+
+    def judge(self, record: dict[str, Any], declared: Declared | None) -> dict[str, Any]:
+        """Declared name, decision, reason and regulatory consequence of an answered record."""
+        if declared is None:
+            return {"declared": None, "decision": None, "reason": "no declaration",
+                    "consequence": None}  # fmt: skip
+        rank = answer_rank(record)
+        taxon = self.taxon_of(record, rank)
+        truth = declared.lineage.to_dict()
+        decision, reason = declaration_decision(rank, taxon, truth, declared.rank, self.lineages)
+        return {
+            "declared": declared.label,
+            "decision": decision,
+            "reason": reason,
+            "consequence": _consequence(record, declared, decision),
         }
 
     def check(self, record: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -297,23 +423,28 @@ class _Tally:
         self.counts: Counter = Counter()
         self.per_species: Counter = Counter()
         self.failures: list[tuple[str, str]] = []
-        self.specimens = SpecimenRollup(labels.classes, labels.top_k)
+        self.specimens = SpecimenRollup(labels.classes, labels.top_k, labels.lineage)
 
     def add(self, record: dict[str, Any]) -> None:
         if self.keep_images:
             self.images.append(record)
         self.counts["images"] += 1
         top = [(entry["class"], entry["probability"]) for entry in record.get("top") or []]
-        self.specimens.add(record.get("specimen"), top, record.get("verdict"))
+        rank = answer_rank(record)
+        self.specimens.add(record.get("specimen"), top, rank, self.labels.taxon_of(record, rank))
         if record["status"] != "ok":
             self.counts["failed"] += 1
             self.failures.append((record["path"], record["status"]))
             return
         self.counts["ok"] += 1
-        if record["verdict"] == IDENTIFIED:
+        self.counts[f"rank_{rank}"] += 1
+        self.counts["flagged"] += bool(record.get("flags"))
+        self.counts["possibly_flagged"] += bool(record.get("possible_flags")) and not record.get(
+            "flags"
+        )
+        if rank == "species":
             self.counts["identified"] += 1
             self.per_species[top[0][0]] += 1
-            self.counts["flagged"] += bool(record.get("flags"))
         else:
             self.counts["unknown"] += 1
 
@@ -326,15 +457,33 @@ class _Tally:
              "probability": round(share, 6)}
             for cls, share in specimen.top
         ]  # fmt: skip
-        return {
+        names = self.labels.answer(specimen.rank, specimen.taxon, top[0]["class"] if top else "")
+        if specimen.rank is None:
+            names = {**names, "flags": [], "possible_flags": []}
+        record = {
             "specimen": specimen.specimen,
             "images": specimen.images,
             "ok_images": specimen.ok_images,
             "verdict": specimen.verdict,
+            "rank": specimen.rank,
+            "taxon": taxon_label(specimen.rank, specimen.taxon),
             "top": top,
             "other": specimen.other,
-            **self.labels.details(top[0]["class"] if top else None),
+            **names,
         }
+        declarations = self.labels.declarations
+        if declarations is not None:
+            rank = record["rank"] or None
+            judged = {**record, "status": "ok" if rank else "no readable photo"}
+            record |= self.labels.judge(judged, declarations.for_specimen(specimen.specimen))
+        return record
+
+    def regulated_specimens(self, specimens: list[dict[str, Any]]) -> dict[str, int]:
+        certain = sum(1 for record in specimens if record.get("flags"))
+        possible = sum(
+            1 for record in specimens if record.get("possible_flags") and not record.get("flags")
+        )
+        return {"certain": certain, "possible": possible}
 
     def summary(self, bundle, model, seconds: float, processed: int, views: int) -> dict[str, Any]:
         """The summary of the whole output; speed is of the files processed in this call."""
@@ -352,14 +501,16 @@ class _Tally:
             "failed": self.counts["failed"],
             "identified": self.counts["identified"],
             "unknown": self.counts["unknown"],
+            "ranks": {rank: self.counts[f"rank_{rank}"] for rank in (*RANKS, UNKNOWN_RANK)},
             "per_species": dict(self.per_species.most_common()),
             "flagged": self.counts["flagged"],
+            "possibly_flagged": self.counts["possibly_flagged"],
             "specimens": len(self.specimens),
             "seconds": round(seconds, 3),
             "images_per_s": round(processed / seconds, 2) if seconds > 0 else 0.0,
             "tta": views > 1,
             "top_k": self.labels.top_k,
-            "threshold": calibration.threshold,
+            "threshold": self.labels.threshold,
             "warnings": warnings,
         }
 

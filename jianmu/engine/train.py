@@ -62,6 +62,7 @@ from jianmu.models import (
 )
 from jianmu.report.plots import plot_curves
 from jianmu.rundir import RunDir
+from jianmu.taxonomy import class_hierarchy, load_taxonomy
 
 MONITOR_MODE = {"val_top1": max, "val_macro_f1": max, "val_loss": min}
 
@@ -198,12 +199,13 @@ def calibrate_best(
     run's own training and validation images, and store it in the checkpoint."""
     checkpoint = load_checkpoint(run.best)
     bundle = TorchBundle.from_checkpoint(checkpoint, run.best, device)
+    hierarchy = bundle.calibrator.ranks.hierarchy
     outputs = partial(
         bundle.run,
         batch_size=config.calibration.batch_size,
         read_timeout=config.data.read_timeout,
     )
-    fitted = calibrate(outputs, splits.items, config.calibration, config.seed)
+    fitted = calibrate(outputs, splits.items, config.calibration, config.seed, hierarchy)
     extras = {name: torch.from_numpy(a) for name, a in fitted.statistics.to_arrays().items()}
     save_checkpoint(run.best, checkpoint.state_dict, {**checkpoint.meta, **fitted.record}, extras)
     return bundle
@@ -380,14 +382,13 @@ def _prepare_run_dir(config: Config, resume: str | Path | None, runtime: Runtime
 def _checkpoint_meta(
     config: Config, splits: DataSplits, preprocessing: TransformSpec
 ) -> dict[str, Any]:
-    from jianmu.taxonomy import load_taxonomy
-
     taxonomy = load_taxonomy(config.data.taxonomy or config.data.domain)
     return {
         "model_name": config.model.name,
         "classes": splits.classes,
         "species": splits.species,
         "taxonomy": {"domain": taxonomy.domain, "version": taxonomy.version},
+        "hierarchy": class_hierarchy(splits.classes, taxonomy, config.data.families),
         "preprocessing": preprocessing.to_dict(),
         "manifest_sha256": splits.manifest_sha256,
         "synthetic_data": splits.synthetic,

@@ -423,30 +423,50 @@ def _shares(top: list[dict], other: float | None) -> str:
     return ", ".join(parts)
 
 
-def _verdict_text(verdict: str | None, status: str = "ok") -> Text:
+def _verdict_text(record: dict, unreadable: str = "no readable image") -> Text:
+    """The answer: the verdict, or the genus or family answered, or why the file was not read."""
+    verdict = record.get("verdict")
     if verdict is None:
-        return Text(status, style="bold red")
+        return Text(record.get("status") if record.get("status", "ok") != "ok" else unreadable,
+                    style="bold red")  # fmt: skip
+    if record.get("rank") in ("genus", "family"):
+        return Text(f"{record.get('taxon')} (species: lab)", style="bold cyan")
     return Text(verdict, style="green" if verdict == IDENTIFIED else "bold yellow")
 
 
-def _flags_text(flags: list[str]) -> Text:
-    return Text("; ".join(flags), style="bold magenta" if flags else "")
+def _decision_text(record: dict) -> Text:
+    decision = record.get("decision") or ""
+    style = {"consistent": "green", "inconsistent": "bold red"}.get(decision, "bold yellow")
+    reason = f" ({record['reason']})" if record.get("reason") else ""
+    return Text(decision + reason, style=style)
+
+
+def _flags_text(flags: list[str], possible: list[str] | None = None) -> Text:
+    text = Text("; ".join(flags), style="bold magenta" if flags else "")
+    if possible:
+        text.append(("; " if flags else "") + "; ".join(possible), style="yellow")
+    return text
 
 
 def predict_images_table(images: list[dict]) -> Table:
     """One row per image: verdict (or why it could not be read), top-k shares, species, flags."""
     table = Table(title="images", title_justify="left")
-    for column in ("image", "verdict", "top (calibrated)", "species", "flags"):
+    judged = any("decision" in record for record in images)
+    columns = ["image", "answer", "top (calibrated)", "species", "flags"]
+    for column in columns + (["declared", "decision"] if judged else []):
         table.add_column(column, overflow="fold")
     for record in images:
         species = " ".join(filter(None, (record.get("species"), record.get("chinese_name"))))
-        table.add_row(
+        cells = [
             record["path"],
-            _verdict_text(record["verdict"], record["status"]),
+            _verdict_text(record),
             _shares(record["top"], record["other"]),
             Text(species, style="italic"),
-            _flags_text(record["flags"]),
-        )
+            _flags_text(record["flags"], record.get("possible_flags")),
+        ]
+        if judged:
+            cells += [record.get("declared") or "", _decision_text(record)]
+        table.add_row(*cells)
     return table
 
 
@@ -454,6 +474,13 @@ def predict_renderables(result, show_images: bool = False) -> list:
     """Summary, identified species, specimens and failed files of a ``jianmu predict`` run."""
     summary = result.summary
     out: list = []
+    if summary.get("consequences"):  # what the inspector must act on comes first
+        consequences = Table(title="regulatory consequences", title_justify="left")
+        consequences.add_column("specimen", overflow="fold")
+        consequences.add_column("consequence", overflow="fold", style="bold magenta")
+        for found in summary["consequences"]:
+            consequences.add_row(str(found["specimen"]), found["consequence"])
+        out.append(consequences)
     if show_images and result.images:
         out.append(predict_images_table(result.images))
     species = Table(title="identified species", title_justify="left")
@@ -490,16 +517,22 @@ def predict_renderables(result, show_images: bool = False) -> list:
 
 def _specimen_table(specimens: list[dict], limit: int = 30) -> Table:
     table = Table(title="specimens", title_justify="left")
-    for column in ("specimen", "images", "verdict", "top (mean)", "flags"):
+    judged = any("decision" in record for record in specimens)
+    columns = ["specimen", "images", "answer", "top (mean)", "flags"]
+    columns += ["declared", "decision"] if judged else []
+    for column in columns:
         table.add_column(column, overflow="fold", justify="right" if column == "images" else "left")
     for record in specimens[:limit]:
-        table.add_row(
+        cells = [
             record["specimen"],
             f"{record['ok_images']}/{record['images']}",
-            _verdict_text(record["verdict"], "no readable image"),
+            _verdict_text(record),
             _shares(record["top"], record["other"]),
-            _flags_text(record["flags"]),
-        )
+            _flags_text(record["flags"], record.get("possible_flags")),
+        ]
+        if judged:
+            cells += [record.get("declared") or "", _decision_text(record)]
+        table.add_row(*cells)
     if len(specimens) > limit:
         table.caption = f"{len(specimens) - limit} more in the output file"
     return table
@@ -511,14 +544,33 @@ def _predict_summary_table(summary: dict) -> Table:
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("images", str(summary["images"]))
+    ranks = summary.get("ranks") or {}
+    counts = {
+        "identified": summary["identified"],
+        "partial": ranks.get("genus", 0) + ranks.get("family", 0),
+        "unknown": ranks.get("unknown", summary["unknown"]),
+        "flagged": summary["flagged"],
+        "possible": summary.get("possibly_flagged", 0),
+        "failed": summary["failed"],
+    }
     rows = (
-        (IDENTIFIED, "identified", "green"),
+        (f"{IDENTIFIED} (species)", "identified", "green"),
+        ("genus or family only (species: lab)", "partial", "bold cyan"),
         (UNKNOWN, "unknown", "bold yellow"),
-        ("identified as a regulated species", "flagged", "bold magenta"),
+        ("regulated for sure", "flagged", "bold magenta"),
+        ("possibly regulated", "possible", "yellow"),
         ("could not be read", "failed", "bold red"),
     )
     for label, key, style in rows:
-        table.add_row(label, Text(str(summary[key]), style=style if summary[key] else ""))
+        table.add_row(label, Text(str(counts[key]), style=style if counts[key] else ""))
+    for decision, count in (summary.get("decisions") or {}).items():
+        table.add_row(f"declarations {decision}", str(count))
+    regulated = summary.get("regulated_specimens") or {}
+    if regulated and summary.get("specimens"):
+        table.add_row(
+            "specimens regulated for sure / possibly",
+            f"{regulated.get('certain', 0)} / {regulated.get('possible', 0)}",
+        )
     if summary.get("specimens"):
         table.add_row("specimens", str(summary["specimens"]))
     if summary.get("skipped"):

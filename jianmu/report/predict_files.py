@@ -12,9 +12,11 @@ on Ctrl-C), each atomically (:func:`jianmu.files.atomic_write`). Reading tolerat
 line cut short by a crash: it is dropped, and :class:`ResultWriter` cuts it off before appending.
 
 The records are those of :mod:`jianmu.engine.predict`: an image record has ``path``,
-``specimen``, ``status``, ``verdict``, ``top`` (``class``, ``species``, ``probability``),
-``other``, ``unknown_score``, ``threshold``, ``species``, ``chinese_name``, ``genus``,
-``family`` and ``flags``.
+``specimen``, ``status``, ``verdict``, ``rank``, ``taxon``, ``top`` (``class``, ``species``,
+``probability``), ``other``, ``unknown_score``, ``threshold``, ``species``, ``chinese_name``,
+``genus``, ``family``, ``flags``, ``possible_flags`` and ``evidence`` (per rank: ``taxon``,
+``score``, ``threshold``; in CSV the columns ``<rank>_candidate``, ``<rank>_score``,
+``<rank>_threshold``).
 """
 
 from __future__ import annotations
@@ -28,23 +30,22 @@ from typing import Any
 
 from jianmu.errors import JianmuError
 from jianmu.files import write_text_atomic
+from jianmu.verdict import RANKS
 
 FORMATS = (".csv", ".json", ".jsonl")
-HEAD_COLUMNS = ("path", "specimen", "status", "verdict")
-TAIL_COLUMNS = (
-    "other",
-    "unknown_score",
-    "threshold",
-    "species",
-    "chinese_name",
-    "genus",
-    "family",
-    "flags",
+HEAD_COLUMNS = ("path", "specimen", "status", "verdict", "rank", "taxon")
+NAME_COLUMNS = ("species", "chinese_name", "genus", "family", "flags", "possible_flags")
+TAIL_COLUMNS = ("other", "unknown_score", "threshold", *NAME_COLUMNS)
+EVIDENCE_COLUMNS = tuple(
+    f"{rank}_{part}" for rank in RANKS for part in ("candidate", "score", "threshold")
 )
-SPECIMEN_HEAD_COLUMNS = ("specimen", "images", "ok_images", "verdict")
-SPECIMEN_TAIL_COLUMNS = ("other", "species", "chinese_name", "genus", "family", "flags")
+DECISION_COLUMNS = ("declared", "decision", "reason", "consequence")
+SPECIMEN_HEAD_COLUMNS = ("specimen", "images", "ok_images", "verdict", "rank", "taxon")
+SPECIMEN_TAIL_COLUMNS = ("other", *NAME_COLUMNS)
+LIST_COLUMNS = ("flags", "possible_flags")
 FLAG_SEPARATOR = "; "
 _TOP_COLUMN = re.compile(r"top(\d+)_(class|species|probability)")
+_EVIDENCE_COLUMN = re.compile(rf"({'|'.join(RANKS)})_(candidate|score|threshold)")
 
 
 def output_format(path: str | Path) -> str:
@@ -61,22 +62,23 @@ def specimens_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.specimens{path.suffix}")
 
 
-def csv_columns(top_k: int) -> list[str]:
-    top = [
+def csv_columns(top_k: int, decisions: bool = False) -> list[str]:
+    """The image columns; with ``decisions`` (verify), the declaration and its decision first."""
+    judged = list(DECISION_COLUMNS) if decisions else []
+    return [*HEAD_COLUMNS, *judged, *_top_columns(top_k), *TAIL_COLUMNS, *EVIDENCE_COLUMNS]
+
+
+def specimen_columns(top_k: int, decisions: bool = False) -> list[str]:
+    judged = list(DECISION_COLUMNS) if decisions else []
+    return [*SPECIMEN_HEAD_COLUMNS, *judged, *_top_columns(top_k), *SPECIMEN_TAIL_COLUMNS]
+
+
+def _top_columns(top_k: int) -> list[str]:
+    return [
         f"top{i}_{part}"
         for i in range(1, top_k + 1)
         for part in ("class", "species", "probability")
     ]
-    return [*HEAD_COLUMNS, *top, *TAIL_COLUMNS]
-
-
-def specimen_columns(top_k: int) -> list[str]:
-    top = [
-        f"top{i}_{part}"
-        for i in range(1, top_k + 1)
-        for part in ("class", "species", "probability")
-    ]
-    return [*SPECIMEN_HEAD_COLUMNS, *top, *SPECIMEN_TAIL_COLUMNS]
 
 
 def to_row(record: dict[str, Any], columns: list[str]) -> list[str]:
@@ -85,11 +87,15 @@ def to_row(record: dict[str, Any], columns: list[str]) -> list[str]:
     cells = []
     for column in columns:
         match = _TOP_COLUMN.fullmatch(column)
+        evidence = _EVIDENCE_COLUMN.fullmatch(column)
         if match:
             index, part = int(match.group(1)) - 1, match.group(2)
             value = top[index].get(part) if index < len(top) else None
-        elif column == "flags":
-            value = FLAG_SEPARATOR.join(record.get("flags") or [])
+        elif evidence:
+            found = (record.get("evidence") or {}).get(evidence.group(1)) or {}
+            value = found.get("taxon" if evidence.group(2) == "candidate" else evidence.group(2))
+        elif column in LIST_COLUMNS:
+            value = FLAG_SEPARATOR.join(record.get(column) or [])
         else:
             value = record.get(column)
         cells.append(_cell(value))
@@ -111,12 +117,21 @@ def from_row(row: dict[str, str]) -> dict[str, Any]:
                 "species": entry.get("species") or None,
                 "probability": float(entry.get("probability") or 0.0),
             })  # fmt: skip
-    flags = row.get("flags") or ""
+    evidence = {}
+    for rank in RANKS:
+        if row.get(f"{rank}_threshold"):
+            evidence[rank] = {
+                "taxon": row.get(f"{rank}_candidate") or None,
+                "score": _float(row.get(f"{rank}_score")),
+                "threshold": _float(row.get(f"{rank}_threshold")),
+            }
     return {
         "path": row["path"],
         "specimen": row.get("specimen") or None,
         "status": row.get("status") or "ok",
         "verdict": row.get("verdict") or None,
+        "rank": row.get("rank") or None,
+        "taxon": row.get("taxon") or None,
         "top": entries,
         "other": _float(row.get("other")),
         "unknown_score": _float(row.get("unknown_score")),
@@ -125,7 +140,9 @@ def from_row(row: dict[str, str]) -> dict[str, Any]:
         "chinese_name": row.get("chinese_name") or None,
         "genus": row.get("genus") or None,
         "family": row.get("family") or None,
-        "flags": flags.split(FLAG_SEPARATOR) if flags else [],
+        **{column: _list(row.get(column)) for column in LIST_COLUMNS},
+        "evidence": evidence,
+        **{column: row[column] or None for column in DECISION_COLUMNS if column in row},
     }
 
 
@@ -177,10 +194,13 @@ class ResultWriter:
         append: continue an existing file (``--resume``): rows go after its last complete line.
     """
 
-    def __init__(self, path: str | Path, top_k: int, append: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, top_k: int, append: bool = False, decisions: bool = False
+    ) -> None:
         self.path = Path(path)
         self.format = output_format(self.path)
-        self.columns = csv_columns(top_k)
+        self.columns = csv_columns(top_k, decisions)
+        self.decisions = decisions
         self.top_k = top_k
         self._stream = None
         try:
@@ -228,7 +248,7 @@ class ResultWriter:
             return [self.path]
         extra = specimens_path(self.path)
         if self.format == ".csv":
-            columns = specimen_columns(self.top_k)
+            columns = specimen_columns(self.top_k, self.decisions)
             rows = [columns, *[to_row(specimen, columns) for specimen in specimens]]
             write_text_atomic(extra, _csv_text(rows), encoding="utf-8-sig")
         else:
@@ -275,6 +295,10 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6f}"
     return str(value)
+
+
+def _list(text: str | None) -> list[str]:
+    return text.split(FLAG_SEPARATOR) if text else []
 
 
 def _float(text: str | None) -> float | None:

@@ -62,26 +62,38 @@ def _percent(value: Any) -> str:
 
 
 def _kind(record: Mapping[str, Any]) -> str:
-    """identified | unknown | failed: the CSS class and filter value of a verdict."""
+    """identified | partial (a genus or family answer) | unknown | failed: the CSS class and
+    filter value of an answer."""
     if record.get("verdict") == IDENTIFIED:
         return "identified"
     if record.get("verdict") is None:
         return "failed"
+    if record.get("rank") in ("genus", "family"):
+        return "partial"
     return "unknown"
 
 
+def _regulated(record: Mapping[str, Any]) -> str:
+    """flagged (a flag certain at the rank answered) | possible (only possibly regulated) | ''."""
+    if record.get("flags"):
+        return "flagged"
+    return "possible" if record.get("possible_flags") else ""
+
+
 def _verdict(record: Mapping[str, Any], unreadable: str) -> str:
-    """The verdict badge; the words are the verdict itself, the colour repeats it."""
+    """The answer badge: the verdict words, or the genus or family answered; the colour repeats
+    it."""
     kind = _kind(record)
-    text = record["verdict"] if kind != "failed" else unreadable
-    return f'<span class="verdict {kind}">{_e(text)}</span>'
+    text = {"failed": unreadable, "partial": f"{record.get('taxon')} (species: refer to lab)"}
+    return f'<span class="verdict {kind}">{_e(text.get(kind, record["verdict"]))}</span>'
 
 
-def _flags(flags: list[str]) -> str:
+def _flags(flags: list[str], possible: list[str] | None = None) -> str:
     spans = []
     for flag in flags:
         kind = "cites" if flag.startswith("CITES") else "quarantine" if "quarantine" in flag else ""
         spans.append(f'<span class="flag {kind}">{_e(flag)}</span>')
+    spans += [f'<span class="flag possible">{_e(flag)}</span>' for flag in possible or []]
     return " ".join(spans)
 
 
@@ -90,12 +102,16 @@ def _name(species: str | None, fallback: str) -> str:
 
 
 def _taxon(record: Mapping[str, Any]) -> str:
-    """Scientific and Chinese name, genus and family of the record's species."""
+    """Scientific and Chinese name, genus and family of the answer (for an unknown one, the
+    closest class)."""
     species, chinese = record.get("species"), record.get("chinese_name")
-    if not species and not chinese:
+    top = record.get("top") or []
+    if _kind(record) == "unknown" and not species and top:
+        species = top[0].get("species") or top[0]["class"]
+    if not species and not chinese and not record.get("genus") and not record.get("family"):
         return "–"
     parts = []
-    if record.get("verdict") != IDENTIFIED:
+    if _kind(record) == "unknown":
         parts.append('<span class="note">closest match:</span> ')
     if species:
         parts.append(_name(species, ""))
@@ -164,13 +180,24 @@ def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
         f"test-time augmentation {'on' if summary.get('tta') else 'off'}. "
         "Probabilities are calibrated; “other” is the share of all remaining classes."
     )
+    ranks = summary.get("ranks") or {}
+    regulated = summary.get("regulated_specimens") or {}
     stats = [
         ("images", summary.get("images", len(images)), "", ""),
-        ("identified", summary.get("identified", 0), "identified", ""),
-        (UNKNOWN, summary.get("unknown", 0), "unknown", ""),
-        ("flagged (regulated)", summary.get("flagged", 0), "flagged", ""),
+        ("identified (species)", summary.get("identified", 0), "identified", ""),
+        ("genus or family only", ranks.get("genus", 0) + ranks.get("family", 0), "partial", ""),
+        (UNKNOWN, ranks.get("unknown", summary.get("unknown", 0)), "unknown", ""),
+        ("regulated for sure", summary.get("flagged", 0), "flagged", ""),
+        ("possibly regulated", summary.get("possibly_flagged", 0), "possible", ""),
         ("could not be read", summary.get("failed", 0), "failed", "#failed"),
     ]
+    if regulated:
+        stats.insert(
+            -1, ("specimens regulated for sure", regulated.get("certain", 0), "flagged", "")
+        )
+        stats.insert(
+            -1, ("specimens possibly regulated", regulated.get("possible", 0), "possible", "")
+        )
     boxes = []
     for label, count, kind, link in stats:
         inner = f"<strong>{_e(count)}</strong><span>{_e(label)}</span>"
@@ -221,15 +248,15 @@ def _taxa_by_class(images: list[dict]) -> dict[str, dict]:
 def _specimen_section(specimens: list[dict]) -> str:
     rows = []
     for record in specimens:
-        flags = record.get("flags") or []
-        kind = _kind(record) + (" flagged" if flags else "")
+        flags, possible = record.get("flags") or [], record.get("possible_flags") or []
+        kind = f"{_kind(record)} {_regulated(record)}".strip()
         rows.append(
             f'<tr class="{kind}"><td>{_e(record["specimen"])}</td>'
             f"<td class='number'>{_e(record.get('ok_images', 0))} of {_e(record['images'])}</td>"
             f"<td>{_verdict(record, 'no readable image')}</td><td>{_bars(record)}</td>"
-            f"<td>{_taxon(record)}</td><td>{_flags(flags)}</td></tr>"
+            f"<td>{_taxon(record)}</td><td>{_flags(flags, possible)}</td></tr>"
         )
-    header = ["specimen", "images read", "verdict", "top-3 (calibrated)", "species", "flags"]
+    header = ["specimen", "images read", "answer", "top-3 (calibrated)", "taxon", "flags"]
     return "\n".join(
         [
             '<section id="specimens"><h2>Specimens</h2>',
@@ -245,8 +272,9 @@ def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str
     rows = []
     for number, record in enumerate(images, start=1):
         path = str(record["path"])
-        flags = record.get("flags") or []
+        flags, possible = record.get("flags") or [], record.get("possible_flags") or []
         kind = _kind(record)
+        regulated = _regulated(record)
         details = []
         if record.get("specimen"):
             details.append(f"specimen {_e(record['specimen'])}")
@@ -258,27 +286,31 @@ def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str
             text = f"unknown score {score:.3f}"
             text += "" if threshold is None else f" (threshold {threshold:.3f})"
             verdict += f'<div class="score">{text}</div>'
+        classes = f"{kind} {regulated}".strip()
         rows.append(
-            f'<tr class="{kind}{" flagged" if flags else ""}" '
-            f'data-kind="{kind}{" flagged" if flags else ""}">'
+            f'<tr class="{classes}" data-kind="{classes}">'
             f"<td class='number'>{number}</td>"
             f"<td>{_thumbnail(path, thumbnails.get(path), kind == 'failed')}</td>"
             f'<td class="file">{_e(path)}<div class="specimen">{" ".join(details)}</div></td>'
             f"<td>{verdict}</td><td>{_bars(record)}</td><td>{_taxon(record)}</td>"
-            f"<td>{_flags(flags)}</td></tr>"
+            f"<td>{_flags(flags, possible)}</td></tr>"
         )
     return rows
 
 
 def _image_section(images: list[dict], thumbnails: Mapping[str, bytes]) -> str:
-    counts = {kind: 0 for kind in ("identified", "unknown", "flagged", "failed")}
+    kinds = ("identified", "partial", "unknown", "flagged", "possible", "failed")
+    counts = dict.fromkeys(kinds, 0)
     for record in images:
         counts[_kind(record)] += 1
-        counts["flagged"] += bool(record.get("flags"))
+        if _regulated(record):
+            counts[_regulated(record)] += 1
     labels = {
         "identified": IDENTIFIED,
+        "partial": "genus or family only",
         "unknown": UNKNOWN,
-        "flagged": "flagged",
+        "flagged": "regulated for sure",
+        "possible": "possibly regulated",
         "failed": "could not be read",
     }
     options = [f'<option value="">all ({len(images)})</option>']
@@ -292,7 +324,7 @@ def _image_section(images: list[dict], thumbnails: Mapping[str, bytes]) -> str:
         '<input id="find" type="search" placeholder="find file, species, flag ..."> '
         '<span id="shown"></span></div>'
     )
-    header = ["#", "image", "file", "verdict", "top-3 (calibrated)", "species", "flags"]
+    header = ["#", "image", "file", "answer", "top-3 (calibrated)", "taxon", "flags"]
     return "\n".join(
         [
             '<section id="images"><h2>Images</h2>',
@@ -337,6 +369,7 @@ th { background: #f3f3f3; position: sticky; top: 0; z-index: 1; }
 tr:nth-child(even) td { background: #fafafa; }
 td.number { text-align: right; white-space: nowrap; } td.file { overflow-wrap: anywhere; }
 tr.flagged td:first-child { box-shadow: inset 4px 0 #c62828; }
+tr.possible td:first-child { box-shadow: inset 4px 0 #f9a825; }
 tr.failed td { background: #fdf3f3; }
 .about { color: #444; }
 .stats { display: flex; flex-wrap: wrap; gap: 10px; margin: 1em 0; }
@@ -345,6 +378,7 @@ tr.failed td { background: #fdf3f3; }
 .stat strong { display: block; font-size: 1.6em; }
 .stat.identified { border-color: #2e7d32; } .stat.unknown { border-color: #e65100; }
 .stat.flagged { border-color: #c62828; } .stat.failed { border-color: #757575; }
+.stat.partial { border-color: #1565c0; } .stat.possible { border-color: #f9a825; }
 .verdict { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600;
            white-space: nowrap; }
 .verdict.identified { background: #2e7d32; color: #fff; }
@@ -352,12 +386,14 @@ tr.failed td { background: #fdf3f3; }
 .verdict.unknown { background: #ffb74d; color: #3e2000; border: 1px dashed #e65100; }
 .verdict.unknown::before { content: "?\\00a0"; }
 .verdict.failed { background: #616161; color: #fff; }
+.verdict.partial { background: #e3f2fd; color: #0d3c75; border: 1px solid #1565c0; }
 .reason { color: #b71c1c; font-weight: 600; } .score, .specimen, .ranks, .note { color: #666; }
 .score, .specimen, .ranks { font-size: 12px; }
 .flag { display: inline-block; margin: 1px 0; padding: 0 6px; border-radius: 3px; font-weight: 600;
         background: #fff3c4; color: #5d4300; border: 1px solid #e0b400; white-space: nowrap; }
 .flag.cites { background: #c62828; color: #fff; border-color: #8e0000; }
 .flag.quarantine { background: #6a1b9a; color: #fff; border-color: #38006b; }
+.flag.possible { background: #fff; color: #6d4c00; border: 1px dashed #f9a825; font-weight: 500; }
 .thumb { display: block; width: 96px; height: 96px; object-fit: contain; background: #f4f4f4;
          border: 1px solid #eee; }
 .thumb.none { display: flex; align-items: center; justify-content: center; color: #888;
@@ -371,6 +407,7 @@ tr.failed td { background: #fdf3f3; }
 .bar .value { text-align: right; font-variant-numeric: tabular-nums; }
 .bars.identified .bar:first-child .fill { background: #2e7d32; }
 .bars.unknown .bar:first-child .fill { background: #e65100; }
+.bars.partial .bar:first-child .fill { background: #1565c0; }
 .bar.other { color: #777; } .bar.other .fill { background: #bdbdbd; }
 .zh { white-space: nowrap; }
 .toolbar { margin: 0.6em 0; } .toolbar input { width: 22em; } #shown { color: #666; }
