@@ -362,6 +362,10 @@ def eval_command(
             "--open-set", help="CONFIG: run the leave-species-out protocol (trains one model each)"
         ),
     ] = None,
+    hold_out: Annotated[
+        list[str] | None,
+        typer.Option("--hold-out", help="with --open-set: hold out only this class (repeatable)"),
+    ] = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -374,7 +378,7 @@ def eval_command(
 
         config = load_config(open_set, overrides or [], data__root=data, out=out)
         with TrainProgress(console, quiet=True) as progress:
-            result = leave_species_out(config, reporter=progress)
+            result = leave_species_out(config, reporter=progress, held_out=hold_out or None)
         console.print(open_set_markdown(result))
         console.print(f"best rule: {result.best_rule}; tables in {result.out}")
         return

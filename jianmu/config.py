@@ -267,6 +267,14 @@ class BenchData(_Strict):
     size: int = Field(default=96, ge=32)
     recipe: Path = Field(description="training config, relative to the suite file")
     set: list[str] = Field(default=[], description="overrides of the recipe (the budget)")
+    protocol: Literal["pipeline", "leave_species_out"] = Field(
+        default="pipeline",
+        description="pipeline: train, eval, export, predict; leave_species_out: the open-set "
+        "experiment (one training run per held-out species)",
+    )
+    hold_out: list[str] | None = Field(
+        default=None, description="leave_species_out: the class folders held out (default all)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> BenchData:

@@ -36,6 +36,7 @@ ONNX_PREDICT_PATH = (
     "jianmu.report.predict_html",
     "jianmu.bundle",
     "jianmu.calibration.apply",
+    "jianmu.engine.verify",
 )
 
 

@@ -18,6 +18,7 @@ from jianmu.data.synth import generate_dataset
 from jianmu.engine.evaluate import evaluate
 from jianmu.engine.leave_species_out import leave_species_out
 from jianmu.engine.train import train
+from jianmu.errors import JianmuError
 from jianmu.models import load_checkpoint
 from jianmu.verdict import UNKNOWN
 
@@ -110,11 +111,26 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
         )
     saved = json.loads((tmp_path / "os" / "openset.json").read_text())
     assert saved["best_rule"] == result.best_rule
+    # the rank rule per held-out species: shares that add up, declarations judged
+    assert [row["held_out"] for row in result.ranks] == sorted(
+        row["held_out"] for row in result.ranks
+    )
+    for row in result.ranks:
+        shares = sum(row[f"held_{rank}"] for rank in ("species", "genus", "family", "unknown"))
+        assert shares == pytest.approx(1.0) and 0 <= row["held_wrong"] <= 1
+        assert row["false_caught"] == pytest.approx(
+            row["false_inconsistent"] + row["false_cannot_decide"]
+        )
+    assert "Answers at the deepest sure rank" in (tmp_path / "os" / "openset.md").read_text()
     checkpoint = tmp_path / "os" / f"without-{result.rows[0]['held_out']}" / "best.safetensors"
     stamp = checkpoint.stat().st_mtime
     again = leave_species_out(config, views=(1,))  # trained runs are reused, not trained again
     assert again.rows == result.rows
     assert checkpoint.stat().st_mtime == stamp
+    one = leave_species_out(config, views=(1,), held_out=[result.rows[0]["held_out"]])
+    assert {row["held_out"] for row in one.rows} == {result.rows[0]["held_out"]}
+    with pytest.raises(JianmuError, match="is no class folder"):
+        leave_species_out(config, held_out=["Quercus_nowhere"])
 
 
 def test_cli_eval_follows_the_models_own_tta_setting(tmp_path):

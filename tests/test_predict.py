@@ -201,9 +201,9 @@ def test_records_carry_calibrated_shares_verdict_and_taxonomy(trained, field):
 
 
 def _Details(run_dir):  # noqa: N802 - stands in for an identified class's details
-    from jianmu.engine.predict import _Labels
+    from jianmu.engine.predict import Labels
 
-    return _Labels(load_model(run_dir), 3, 1).details("Dalbergia_odorifera")
+    return Labels(load_model(run_dir), 3, 1).details("Dalbergia_odorifera")
 
 
 def test_output_schemas_csv_json_jsonl(trained, field, tmp_path):

@@ -143,7 +143,9 @@ def fit_rank_thresholds(
     images standing in for species the model never saw (each class left out in turn: its images
     must then be answered at a coarser rank its other classes share, or unknown). The species
     threshold is never looser than ``species_floor`` (the unknown rule's own, for its target
-    recall): a left-out class is easier to tell apart than a species never trained on.
+    recall), and the genus and family thresholds never lower than the lowest score of a known
+    validation image at that rank: a left-out class is easier to tell apart than a species never
+    trained on.
 
     Returns:
         ``{"thresholds": {rank: t}, "validation": {...}}``: the wrong and answered shares reached.
@@ -164,7 +166,14 @@ def fit_rank_thresholds(
     pools = [(known, known_truth)]
     if unseen_parts:
         pools.append((RankScores.concatenate(unseen_parts), np.concatenate(unseen_truth)))
-    thresholds = _search_thresholds(pools, max_wrong_rate, species_floor)
+    floors = {"species": species_floor}
+    for rank in ("genus", "family"):
+        # never answer farther out than every known validation image of the taxon lies: a species
+        # left out still shares the model's features, so a looser threshold learnt from it would
+        # take in photos of taxa the model never saw
+        seen = known.scores[rank][(known.taxa[rank] >= 0) & np.isfinite(known.scores[rank])]
+        floors[rank] = threshold_for_recall(seen, 1.0) if len(seen) > 1 else np.inf
+    thresholds = _search_thresholds(pools, max_wrong_rate, floors)
     figures = [_judge(scored, truth, thresholds) for scored, truth in pools]
     names = ("known", "unseen")
     validation = {
@@ -187,7 +196,7 @@ def _answerable(hierarchy: Hierarchy, left_out: int, alive: np.ndarray) -> np.nd
 
 
 def _search_thresholds(
-    pools: list[tuple[RankScores, np.ndarray]], max_wrong_rate: float, species_floor: float
+    pools: list[tuple[RankScores, np.ndarray]], max_wrong_rate: float, floors: dict[str, float]
 ) -> dict[str, float]:
     """Greedy search: for each species threshold, the loosest feasible genus threshold, then the
     loosest feasible family threshold; the combination answering deepest wins. Wrong answers only
@@ -198,7 +207,8 @@ def _search_thresholds(
         pooled = pooled[np.isfinite(pooled)]
         steps = np.unique(np.quantile(pooled, np.linspace(0, 1, 41))) if len(pooled) else []
         candidates[rank] = [*steps, np.inf]  # loosest first; inf: never answer at this rank
-    candidates["species"] = [t for t in candidates["species"] if t >= species_floor] or [np.inf]
+    for rank, floor in floors.items():
+        candidates[rank] = [t for t in candidates[rank] if t >= floor] or [np.inf]
     best, best_thresholds = -1.0, {rank: np.inf for rank in RANKS}
     for species in candidates["species"]:
         thresholds = {"species": species, "genus": np.inf, "family": np.inf}

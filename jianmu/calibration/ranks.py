@@ -7,7 +7,8 @@ Mahalanobis score of the class's Gaussian; for ``msp``: its calibrated probabili
 species rank the candidate is the top class by probability and the score is the best class score,
 as in the unknown-species rule; at the genus and family ranks the candidate is the taxon whose
 classes hold the most calibrated probability, and its score is the best score of its classes. The
-answer is the first rank, from species down to family, whose score reaches that rank's threshold;
+answer is the first rank, from species down to family, whose score reaches that rank's threshold (a
+rank answers only when the model knows at least two taxa at it);
 thresholds are fitted by :func:`jianmu.calibration.fit.fit_rank_thresholds` for a stated wrong
 rate, and stored in a model's metadata::
 
@@ -136,7 +137,9 @@ def rank_scores(
             taxa[rank] = hierarchy.member[rank][top]
             best[rank] = scores.max(1)
             continue
-        if not matrix.shape[1]:  # no class has a taxon at this rank
+        if matrix.any(0).sum() < 2:
+            # no class has a taxon at this rank, or all share one: a model that never learned
+            # what lies outside a taxon cannot say that a photo is in it
             taxa[rank] = np.full(len(scores), -1)
             best[rank] = np.full(len(scores), -np.inf)
             continue
@@ -164,6 +167,7 @@ class RankRule:
     def __init__(self, meta: dict[str, Any], statistics: FeatureStatistics | None) -> None:
         self.classes = list(meta["classes"])
         lineage = (meta.get("hierarchy") or {}).get("lineage") or [{} for _ in self.classes]
+        self.lineage = lineage
         self.hierarchy = Hierarchy.from_lineage(lineage, self.classes)
         self.flags = (meta.get("hierarchy") or {}).get("flags") or {}
         self.thresholds = (meta.get("ranks") or {}).get("thresholds") or {}

@@ -152,6 +152,8 @@ def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, r
         root = _resolve(data.root)
     recipe = data.recipe if data.recipe.is_absolute() else suite_path.parent / data.recipe
     config = load_config(recipe, data.set, data__root=root, out=out / "run", seed=suite.seed)
+    if data.protocol == "leave_species_out":
+        return _leave_species_out_figures(config, data, out, reporter)
     clock = time.perf_counter()
     trained = train(config, reporter=reporter)
     figures = {"train.seconds": time.perf_counter() - clock}
@@ -193,6 +195,24 @@ def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, r
         paths = [path for path, _ in tests]
         figures |= _speed_figures(run.path, bundles, paths, suite, figures, out)
     return {prefix + name: float(value) for name, value in figures.items()}
+
+
+def _leave_species_out_figures(config: Config, data: BenchData, out: Path, reporter):
+    """The open-set experiment's figures: the best rule's balanced recall, and the rank rule's
+    answers and declarations averaged over the held-out species, with TTA views."""
+    from jianmu.engine.leave_species_out import leave_species_out
+
+    clock = time.perf_counter()
+    result = leave_species_out(config.updated(out=out), reporter, held_out=data.hold_out)
+    figures = {"openset.seconds": time.perf_counter() - clock}
+    best = result.best_rule
+    figures["openset.balanced_recall"] = result.mean(best, "balanced_recall")
+    figures["openset.auroc"] = result.mean(best, "auroc")
+    means = result.rank_means()
+    views = max(means, key=int) if means else None
+    for key, value in (means.get(views) or {}).items():
+        figures[f"ranks.{key}"] = value
+    return {f"{data.name}.{name}": float(value) for name, value in figures.items()}
 
 
 def _predict_figures(

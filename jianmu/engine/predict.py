@@ -131,7 +131,7 @@ def predict(
     todo = [image for image in found.images if path_key(image.path) not in done]
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     views = DIHEDRAL_VIEWS if settings.tta else 1
-    labels = _Labels(bundle, max(1, min(settings.top_k, bundle.num_classes)), views, declarations)
+    labels = Labels(bundle, max(1, min(settings.top_k, bundle.num_classes)), views, declarations)
     as_document = out is not None and output_format(out) == ".json"
     keep_images = keep_images or settings.html is not None or as_document
     tally = _Tally(labels, keep_images)
@@ -278,7 +278,7 @@ def answer_rank(record: dict[str, Any]) -> str | None:
     return "species" if record.get("verdict") == IDENTIFIED else UNKNOWN_RANK
 
 
-class _Labels:
+class Labels:
     """What a record says about each class and each answer: names, taxonomy details, regulatory
     flags (certain, and possible at a genus or family); and the species threshold in force."""
 
@@ -416,7 +416,7 @@ class _Labels:
 class _Tally:
     """Counts for the summary and the specimen roll-up, updated one record at a time."""
 
-    def __init__(self, labels: _Labels, keep_images: bool) -> None:
+    def __init__(self, labels: Labels, keep_images: bool) -> None:
         self.labels = labels
         self.images: list[dict[str, Any]] = []
         self.keep_images = keep_images
