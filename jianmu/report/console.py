@@ -357,6 +357,13 @@ def eval_summary(result) -> Table:
         table.add_row("known flagged unknown", f"{unknown['known_flagged_unknown']:.4f}")
         if "unknown_rejection" in unknown:
             table.add_row("unknown-species rejected", f"{unknown['unknown_rejection']:.4f}")
+    ranks = result.metrics.get("ranks")
+    if ranks:
+        shares = ", ".join(
+            f"{rank} {ranks[rank]:.1%}" for rank in ("species", "genus", "family", "unknown")
+        )
+        table.add_row("answered at", shares)
+        table.add_row("answered wrong (any rank)", f"{ranks['wrong']:.4f}")
     if result.unreadable:
         table.add_row("[yellow]unreadable images[/]", str(len(result.unreadable)))
     table.caption = f"report: {result.page}"

@@ -136,6 +136,8 @@ def _sections(result: Any) -> list[_Section]:
     sections = [_headline_section(result)]
     if result.tta:
         sections.append(_tta_section(result.tta))
+    if (result.metrics or {}).get("ranks"):
+        sections.append(_ranks_section(result))
     if result.open_set or result.open_set_table:
         sections.append(_open_set_section(result))
     sections += [
@@ -240,15 +242,39 @@ def _generic_table(rows: list[dict[str, Any]]) -> _Table:
     return _Table(header, [[_format(row.get(key)) for key in header] for row in rows])
 
 
+RANK_COLUMNS = ("species", "genus", "family", "unknown", "wrong", "deepest_right", "count")
+
+
+def _ranks_section(result: Any) -> _Section:
+    """How photos were answered, at which rank, and how many wrongly: the known species and (with
+    images of species the model does not know) those."""
+    header = ["photos", *RANK_COLUMNS]
+    rows = [["known species", *_rank_cells(result.metrics["ranks"])]]
+    unknown = (result.open_set or {}).get("ranks")
+    if unknown:
+        rows.append(["species the model does not know", *_rank_cells(unknown)])
+    note = (
+        "Share of photos answered at each rank (the deepest rank the model is sure of); wrong: a "
+        "wrong taxon at the rank given; deepest_right: the deepest answer a model with these "
+        "classes could rightly give."
+    )
+    return _Section("Answers by rank", [note, _Table(header, rows)])
+
+
+def _rank_cells(figures: dict[str, Any]) -> list[str]:
+    return [
+        _format(figures.get(key), "integer" if key == "count" else "percent")
+        for key in RANK_COLUMNS
+    ]
+
+
 def _open_set_section(result: Any) -> _Section:
     blocks: list[str | _Table | _Figure] = []
     if result.open_set:
         blocks.append("The bundle's unknown-species rule on this data:")
+        rule = {key: value for key, value in result.open_set.items() if key != "ranks"}
         blocks.append(
-            _Table(
-                ["setting", "value"],
-                [[key, _format(value)] for key, value in result.open_set.items()],
-            )
+            _Table(["setting", "value"], [[key, _format(value)] for key, value in rule.items()])
         )
     if result.open_set_table:
         blocks.append("Leave-species-out: each species held out in turn and scored as unknown.")
