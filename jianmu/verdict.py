@@ -92,6 +92,11 @@ class Lineages:
         """Whether one of the classes is in ``taxon`` at ``rank``."""
         return (rank, taxon) in self._above
 
+    def answerable(self, rank: str) -> bool:
+        """Whether the classes span two taxa or more at ``rank`` (the rank rule answers only
+        then: a model that never learned what lies outside a taxon cannot place a photo in it)."""
+        return rank == "species" or sum(1 for level, _ in self._above if level == rank) >= 2
+
     def of_answer(self, rank: str | None, taxon: str | None) -> dict:
         """The species, genus and family an answer implies (None at the ranks it leaves open)."""
         if rank in RANKS and taxon is not None:
@@ -207,10 +212,10 @@ def answer_is_wrong(rank: str | None, taxon: str | None, truth: dict, lineages: 
 def deepest_answer(truth: dict, lineages: Lineages) -> tuple[str, str | None]:
     """The deepest answer a model with these classes could rightly give for a specimen of
     ``truth``: its species when the model has it, else its genus or family when one of the model's
-    classes shares it, else unknown."""
+    classes shares it (and the model knows two taxa or more at that rank), else unknown."""
     for rank in RANKS:
         taxon = truth.get(rank)
-        if taxon is not None and lineages.has(rank, taxon):
+        if taxon is not None and lineages.has(rank, taxon) and lineages.answerable(rank):
             return rank, taxon
     return UNKNOWN_RANK, None
 

@@ -150,14 +150,16 @@ LINEAGE = [
     {"species": "A c", "genus": "A", "family": "F"},
     {"species": "B a", "genus": "B", "family": "G"},
 ]
-CENTRES = np.array([[0.0, 0, 0], [2, 0, 0], [1, 1.7, 0], [20, 0, 0]])
+CENTRES = np.array([[0.0, 0, 0], [2, 0, 0], [1, 1.0, 0], [20, 0, 0]])
 
 
 def _outputs(seed: int, per_class: int = 60) -> Outputs:
-    """Three close species of genus A and one far species of genus B, in 3-D."""
+    """Three close species of genus A and one far species of genus B, in 3-D; one photo in ten
+    of each is a poor one, far from its species' centre (as blurred or odd photos are)."""
     rng = np.random.default_rng(seed)
     targets = np.repeat(np.arange(4), per_class)
-    embeddings = CENTRES[targets] + rng.normal(scale=0.25, size=(len(targets), 3))
+    spread = np.where(rng.random(len(targets)) < 0.1, 1.0, 0.25)[:, None]
+    embeddings = CENTRES[targets] + rng.normal(size=(len(targets), 3)) * spread
     logits = -((embeddings[:, None, :] - CENTRES[None]) ** 2).sum(-1)
     ok = np.ones(len(targets), dtype=bool)
     return Outputs(logits.astype(np.float32), embeddings.astype(np.float32), targets, ok)
@@ -186,7 +188,7 @@ def test_fitted_rank_thresholds_answer_a_species_never_seen_at_its_genus():
     scored = rank_scores(scores[rows], probabilities[rows], hierarchy, alive)
     answers = decide(scored, thresholds)
     genus = np.mean((answers == 1) & (scored.taxa["genus"] == hierarchy.names["genus"].index("A")))
-    assert genus > 0.8 and not (answers == 0).any()
+    assert genus > 0.8 and np.mean(answers == 0) <= 0.05  # almost never a species answer
 
 
 # --- predict and verify with rank answers ---------------------------------------------------------
