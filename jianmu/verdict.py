@@ -8,7 +8,8 @@ calibrated probabilities (a class outside an image's top-k counts 0 for it), ran
 (ties: class order). Its answer is at the deepest rank, from species to family, at which more than
 half of its readable images agree: the specimen's candidate at a rank is the taxon whose classes
 hold the largest mean share, and an image agrees when it was answered at that rank or deeper
-*within that taxon*. At the species rank this says: more than half of the readable images are
+*within that taxon*; like the rank rule, it answers only at ranks where the model's classes span
+two taxa or more. At the species rank this says: more than half of the readable images are
 identified as the specimen's top class. A specimen that agrees at no rank (images that disagree,
 too many unknowns, a tie) is ``unknown - refer to lab``; one without a readable image has no
 answer. The roll-up needs only what each image record holds, so it can be recomputed from a
@@ -180,7 +181,7 @@ class SpecimenRollup:
         )
         top = [(cls, total / sums.ok_images) for cls, total in ranked[: self.top_k]]
         rank, taxon = (UNKNOWN_RANK, None) if sums.ok_images else (None, None)
-        for level in RANKS:
+        for level in filter(self.lineages.answerable, RANKS):
             candidate = self._candidate(level, ranked)
             if candidate is not None and 2 * sums.answers[(level, candidate)] > sums.ok_images:
                 rank, taxon = level, candidate

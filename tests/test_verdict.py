@@ -88,6 +88,28 @@ def test_a_specimen_answers_at_the_deepest_rank_its_photos_agree_on():
     assert (y.rank, y.taxon, y.verdict) == ("family", "Fabaceae", UNKNOWN)  # 2 of 3 Fabaceae
 
 
+def test_a_specimen_is_not_answered_at_a_rank_the_model_cannot_answer():
+    flies = ["B_dor", "B_try", "Trupanea"]  # one family: the family rank says nothing
+    lineage = [
+        {"species": "Bactrocera dorsalis", "genus": "Bactrocera", "family": "Tephritidae"},
+        {"species": "Bactrocera tryoni", "genus": "Bactrocera", "family": "Tephritidae"},
+        {"species": "Trupanea sp1", "genus": "Trupanea", "family": "Tephritidae"},
+    ]
+    rollup = SpecimenRollup(flies, top_k=2, lineage=lineage)
+    # two photos that agree on the family only
+    rollup.add("z", [("B_dor", 0.5), ("Trupanea", 0.3)], "genus", "Bactrocera")
+    rollup.add("z", [("Trupanea", 0.6), ("B_try", 0.2)], "genus", "Trupanea")
+    (z,) = rollup.results()
+    assert (z.rank, z.taxon) == ("unknown", None)
+    with_family = SpecimenRollup([*flies, "Dios"], top_k=2, lineage=[*lineage, LINEAGE[3]])
+    for photo in (("B_dor", "Bactrocera"), ("Trupanea", "Trupanea")):
+        with_family.add("z", [(photo[0], 0.6)], "genus", photo[1])
+    assert (with_family.results()[0].rank, with_family.results()[0].taxon) == (
+        "family",
+        "Tephritidae",
+    )
+
+
 def test_order_ties_and_images_of_no_specimen():
     rollup = SpecimenRollup(CLASSES, top_k=3)
     rollup.add("second", [("c", 0.5), ("b", 0.5)], "species", "c")  # tie: class order decides
