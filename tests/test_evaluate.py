@@ -121,7 +121,17 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
         assert row["false_caught"] == pytest.approx(
             row["false_inconsistent"] + row["false_cannot_decide"]
         )
-    assert "Answers at the deepest sure rank" in (tmp_path / "os" / "openset.md").read_text()
+        assert 0 <= row["held_flagged_wrong"] <= row["held_flagged"]
+        # 12 photos of 4 specimens per class: the same figures per specimen
+        assert row["held_count"] == 12 and row["specimen_held_count"] == 4
+        shares = [
+            row[f"specimen_held_{rank}"] for rank in ("species", "genus", "family", "unknown")
+        ]
+        assert sum(shares) == pytest.approx(1.0)
+        assert 0 < row["specimen_known_count"] < row["known_count"]
+    table = (tmp_path / "os" / "openset.md").read_text()
+    assert "Answers at the deepest sure rank, per photo" in table
+    assert "Declarations, per specimen" in table and "specimen_held_right" in table
     checkpoint = tmp_path / "os" / f"without-{result.rows[0]['held_out']}" / "best.safetensors"
     stamp = checkpoint.stat().st_mtime
     again = leave_species_out(config, views=(1,))  # trained runs are reused, not trained again

@@ -49,8 +49,10 @@ from jianmu.verdict import (
     RANKS,
     UNKNOWN_RANK,
     Lineages,
+    SpecimenRollup,
     declaration_decision,
     deepest_answer,
+    top_k,
 )
 
 VIEWS = (1, DIHEDRAL_VIEWS)
@@ -141,7 +143,10 @@ def leave_species_out(
                 reporter.prefix = f"without {held} "
             train(config.model_copy(update={"out": run.path, "data": data}), resume, reporter)
         unknown = [(root / row.path, -1) for row in rows if row.label == held]
-        scored, ranks = _score_held_out(run.best, known_rows, unknown, root, config, held, views)
+        specimen_of = {root / row.path: row.specimen for row in rows}
+        scored, ranks = _score_held_out(
+            run.best, known_rows, unknown, root, config, held, views, specimen_of
+        )
         result.rows += scored
         result.ranks += ranks
         write_text_atomic(folder.openset, json.dumps(result.to_dict(), indent=2))
@@ -151,8 +156,9 @@ def leave_species_out(
     return result
 
 
-def _score_held_out(checkpoint, known_rows, unknown, root, config, held, views):
-    """Every rule's figures, and the rank rule's answers and declarations, for one held-out run."""
+def _score_held_out(checkpoint, known_rows, unknown, root, config, held, views, specimen_of):
+    """Every rule's figures, and the rank rule's answers and declarations (per photo, and per
+    specimen where photos share one: ``specimen_of`` path -> specimen), for one held-out run."""
     bundle = load_model(checkpoint)
     items = manifest_items(known_rows, root, bundle.classes)
     target = config.calibration.target_known_recall
@@ -166,24 +172,28 @@ def _score_held_out(checkpoint, known_rows, unknown, root, config, held, views):
     held_flags = entry.flags if entry is not None else []
     rows, ranks = [], []
     for view_count in views:
-        outputs = {
-            split: bundle.run(split_items, view_count).readable()
-            for split, split_items in {**items, "unknown": unknown}.items()
-        }
+        outputs, specimens = {}, {}
+        for split, split_items in {**items, "unknown": unknown}.items():
+            found = bundle.run(split_items, view_count)
+            outputs[split] = found.readable()
+            specimens[split] = [specimen_of[path] for (path, _), ok in zip(
+                split_items, found.ok, strict=True) if ok]  # fmt: skip
         for rule, report in _rule_reports(outputs, target).items():
             name = rule if view_count == 1 else f"{rule}+tta{view_count}"
             rows.append({"held_out": held, "rule": name, **report})
         if calibrator.ranks.thresholds_for(view_count) is not None:
-            figures = _rank_report(bundle, calibrator, outputs, view_count, truth, held_flags)
+            top = min(config.predict.top_k, bundle.num_classes)
+            figures = _rank_report(
+                bundle, calibrator, outputs, specimens, view_count, top, truth, held_flags
+            )
             ranks.append({"held_out": held, "views": view_count, **figures})
     return rows, ranks
 
 
 def _rank_calibrator(bundle, items, config: Config) -> Calibrator:
-    """The run's calibration with its rank thresholds, fitted now for a run trained before
-    them (in memory: the run's checkpoint is left as it is)."""
-    if bundle.meta.get("ranks"):
-        return bundle.calibrator
+    """The run's calibration fitted again by this code and ``config`` (a reused run may carry
+    none, or one fitted by an older rule; in memory: the run's checkpoint is left as it is).
+    The fitting is seeded, so for a run trained by this code it is the calibration it carries."""
     run = partial(bundle.run, batch_size=config.calibration.batch_size)
     hierarchy = bundle.calibrator.ranks.hierarchy
     fitted = calibrate(run, items, config.calibration, config.seed, hierarchy)
@@ -191,35 +201,88 @@ def _rank_calibrator(bundle, items, config: Config) -> Calibrator:
     return Calibrator(meta, FeatureStatistics.from_arrays(fitted.statistics.to_arrays()))
 
 
-def _rank_report(bundle, calibrator, outputs, views, truth, held_flags) -> dict[str, Any]:
+@dataclass
+class _Answers:
+    """Answers at a rank, one per photo or per specimen."""
+
+    rank: list[str]
+    taxon: list[str | None]
+
+
+def _rank_report(bundle, calibrator, outputs, specimens, views, top, truth, held_flags):
     """How the rank rule answered the held-out species' photos and the known test photos, whether
-    the held-out photos were flagged as regulated, and what became of declarations: every
-    photo declared as what it is, and as each other species the model knows (and a known photo
-    as the held-out species)."""
+    the held-out photos were flagged as regulated (rightly or not), and what became of
+    declarations: every photo declared as what it is, and as each other species the model knows
+    (and a known photo as the held-out species). Where photos share specimens, the same figures
+    per specimen (``specimen_...``), rolled up by predict's rule on its ``top`` classes."""
     lineages = Lineages(bundle.classes, calibrator.ranks.lineage)
-    labels = Labels(bundle, 3, views)
-    known, unseen = (calibrator.apply(outputs[s].logits, outputs[s].embeddings, views)
-                     for s in ("test", "unknown"))  # fmt: skip
-    known_truth = [lineages.of_class[bundle.classes[t]] for t in outputs["test"].targets]
-    held = rank_figures(unseen, [truth.to_dict()] * len(unseen.rank), lineages)
-    tested = rank_figures(known, known_truth, lineages)
-    flags = [labels.answer(rank, taxon, "")["flags"] for rank, taxon in zip(
+    labels = Labels(bundle, top, views)
+    predicted = {split: calibrator.apply(outputs[split].logits, outputs[split].embeddings, views)
+                 for split in ("test", "unknown")}  # fmt: skip
+    truths = {
+        "test": [lineages.of_class[bundle.classes[t]] for t in outputs["test"].targets],
+        "unknown": [truth.to_dict()] * len(outputs["unknown"].targets),
+    }
+    report = {"expected": deepest_answer(truth.to_dict(), lineages)[0],
+              "held_regulated": bool(held_flags)}  # fmt: skip
+    answers = {split: _Answers(found.rank, found.taxon) for split, found in predicted.items()}
+    report |= _answer_figures(answers, truths, lineages, labels, held_flags)
+    if any(len(set(specimens[s])) < len(specimens[s]) for s in ("test", "unknown")):
+        rollup = partial(_specimen_answers, classes=bundle.classes, top=top,
+                         lineage=calibrator.ranks.lineage)  # fmt: skip
+        grouped = {split: rollup(predicted[split], specimens[split]) for split in predicted}
+        firsts = {split: _first_of_each(specimens[split], truths[split]) for split in truths}
+        figures = _answer_figures(grouped, firsts, lineages, labels, held_flags)
+        report |= {f"specimen_{key}": value for key, value in figures.items()}
+    return report
+
+
+def _answer_figures(answers, truths, lineages, labels, held_flags) -> dict[str, Any]:
+    known, unseen = answers["test"], answers["unknown"]
+    held = rank_figures(unseen, truths["unknown"], lineages)
+    tested = rank_figures(known, truths["test"], lineages)
+    stated = [labels.answer(rank, taxon, "")["flags"] for rank, taxon in zip(
         unseen.rank, unseen.taxon, strict=True)]  # fmt: skip
+    carried = {flag.split()[0] for flag in held_flags}  # CITES, Hongmu, quarantine
     report = {
-        "expected": deepest_answer(truth.to_dict(), lineages)[0],
         "held_right": held["deepest_right"],
         "held_wrong": held["wrong"],
         **{f"held_{rank}": held[rank] for rank in (*RANKS, UNKNOWN_RANK)},
-        "held_regulated": bool(held_flags),
-        "held_flagged": float(np.mean([bool(found) for found in flags])) if flags else 0.0,
+        "held_flagged": _share([bool(flags) for flags in stated]),
+        "held_flagged_wrong": _share(
+            [any(flag.split()[0] not in carried for flag in flags) for flags in stated]
+        ),
         "known_species": tested["species"],
         "known_wrong": tested["wrong"],
         "known_count": tested["count"],
         "held_count": held["count"],
     }
     species = sorted({lineage["species"] for lineage in lineages.of_class.values()})
-    declared = _declarations(known, known_truth, unseen, truth.to_dict(), species, lineages)
-    return report | declared
+    held_truth = truths["unknown"][0] if truths["unknown"] else {}
+    return report | _declarations(known, truths["test"], unseen, held_truth, species, lineages)
+
+
+def _specimen_answers(prediction, specimens: list[str], classes, top: int, lineage) -> _Answers:
+    """One answer per specimen (in first-seen order), by the specimen rule of predict."""
+    rollup = SpecimenRollup(classes, top, lineage)
+    for row, specimen in enumerate(specimens):
+        probabilities = prediction.probabilities[row]
+        best = [(classes[i], float(probabilities[i])) for i in top_k(probabilities, top)]
+        rollup.add(specimen, best, prediction.rank[row], prediction.taxon[row])
+    results = rollup.results()
+    return _Answers([r.rank for r in results], [r.taxon for r in results])
+
+
+def _first_of_each(specimens: list[str], values: list) -> list:
+    """``values`` of the first photo of each specimen, in first-seen order."""
+    first: dict[str, Any] = {}
+    for specimen, value in zip(specimens, values, strict=True):
+        first.setdefault(specimen, value)
+    return list(first.values())
+
+
+def _share(flags: list[bool]) -> float:
+    return float(np.mean(flags)) if flags else 0.0
 
 
 def _declarations(known, known_truth, unseen, held_truth, species, lineages) -> dict[str, float]:
@@ -266,11 +329,14 @@ def _rule_reports(outputs: dict[str, Any], target: float) -> dict[str, dict[str,
     return reports
 
 
-RANK_KEYS = (
-    "known_species", "known_wrong", "held_right", "held_wrong", "held_species", "held_genus",
-    "held_family", "held_unknown", "held_flagged", "truthful_held", "false_caught",
-    "false_inconsistent", "false_cannot_decide",
+_ANSWER_KEYS = (
+    "held_right", "held_wrong", "held_species", "held_genus", "held_family", "held_unknown",
+    "held_flagged", "held_flagged_wrong", "known_species", "known_wrong",
 )  # fmt: skip
+_DECLARATION_KEYS = ("truthful_held", "false_caught", "false_inconsistent", "false_cannot_decide")
+RANK_KEYS = tuple(
+    prefix + key for prefix in ("", "specimen_") for key in (*_ANSWER_KEYS, *_DECLARATION_KEYS)
+)
 
 
 def open_set_markdown(result: OpenSetResult) -> str:
@@ -290,38 +356,47 @@ def open_set_markdown(result: OpenSetResult) -> str:
 
 
 def _rank_tables(result: OpenSetResult) -> list[str]:
-    answers = ("held_right", "held_wrong", "held_species", "held_genus", "held_family",
-               "held_unknown", "held_flagged", "known_species", "known_wrong")  # fmt: skip
-    declarations = ("truthful_held", "false_caught", "false_inconsistent", "false_cannot_decide")
+    lines = []
+    for unit, prefix in (("photo", ""), ("specimen", "specimen_")):
+        rows = [row for row in result.ranks if prefix + "held_right" in row]
+        if rows:
+            lines += _unit_tables(rows, result.rank_means(), unit, prefix)
+    return lines
+
+
+def _unit_tables(rows, means, unit: str, prefix: str) -> list[str]:
+    """The rank rule's answers and the declarations, per ``unit`` (photo or specimen)."""
+    answers = [prefix + key for key in _ANSWER_KEYS]
+    declarations = [prefix + key for key in _DECLARATION_KEYS]
     lines = [
-        "Answers at the deepest sure rank: each held-out species' photos (right: at the deepest "
-        "rank a model without it could rightly answer; wrong: a wrong taxon at the rank given; "
-        "flagged: a regulatory flag stated as certain) and the known test photos.",
+        f"Answers at the deepest sure rank, per {unit}: each held-out species' {unit}s (right: "
+        "at the deepest rank a model without it could rightly answer; wrong: a wrong taxon at "
+        "the rank given; flagged: a regulatory flag stated as certain; flagged_wrong: a flag "
+        f"stated that the species does not carry) and the known test {unit}s.",
         "",
         "| held-out species | views | expected | " + " | ".join(answers) + " |",
         "|---|---|---|" + "---|" * len(answers),
     ]
-    for row in result.ranks:
+    for row in rows:
         names = [row["held_out"], str(row["views"]), row["expected"]]
         lines.append(_row(names, [row[key] for key in answers]))
-    for views, means in result.rank_means().items():
-        names = ["**mean**", views, ""]
-        lines.append(_row(names, [means.get(key, float("nan")) for key in answers]))
+    for views, mean in means.items():
+        lines.append(_row(["**mean**", views, ""], [mean.get(k, float("nan")) for k in answers]))
     lines += [
         "",
-        "Declarations: every test photo declared as what it is and as each other species (the "
-        "held-out one included), and every held-out photo as each known species. truthful_held: "
-        "truthful declarations found inconsistent; false_caught: false ones found inconsistent "
-        "or left to the lab (cannot decide).",
+        f"Declarations, per {unit}: every test {unit} declared as what it is and as each other "
+        f"species (the held-out one included), and every held-out {unit} as each known species. "
+        "truthful_held: truthful declarations found inconsistent; false_caught: false ones "
+        "found inconsistent or left to the lab (cannot decide).",
         "",
         "| held-out species | views | " + " | ".join(declarations) + " |",
         "|---|---|" + "---|" * len(declarations),
     ]
-    for row in result.ranks:
+    for row in rows:
         lines.append(_row([row["held_out"], str(row["views"])], [row[k] for k in declarations]))
-    for views, means in result.rank_means().items():
-        lines.append(_row(["**mean**", views], [means.get(k, float("nan")) for k in declarations]))
-    return lines
+    for views, mean in means.items():
+        lines.append(_row(["**mean**", views], [mean.get(k, float("nan")) for k in declarations]))
+    return [*lines, ""]
 
 
 def _row(names: list[str], values: list[float]) -> str:
