@@ -61,6 +61,9 @@ def test_bench_records_figures_writes_files_and_judges_against_the_baseline(tmp_
                  "speed.predict_over_model", "speed.decode_ms_large_jpeg"):  # fmt: skip
         assert f"synth3.{name}" in figures, name
     assert figures["synth3.predict.failed"] == 0 and figures["synth3.predict.images"] > 0
+    shares = [figures[f"synth3.eval.ranks.{rank}"] for rank in ("species", "genus", "family")]
+    assert sum(shares) + figures["synth3.eval.ranks.unknown"] == pytest.approx(1.0)
+    assert 0 <= figures["synth3.eval.ranks.wrong"] <= 1
     record = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert record["figures"] == pytest.approx(figures)
     assert record["hardware"]["cpu_count"] and record["versions"]["onnxruntime"]

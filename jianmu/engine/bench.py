@@ -51,6 +51,7 @@ from jianmu.engine.train import train
 from jianmu.errors import JianmuError
 from jianmu.files import write_text_atomic
 from jianmu.rundir import RunDir, bundle_name
+from jianmu.verdict import RANKS, UNKNOWN_RANK
 
 REPO = find_configs_dir().parent
 
@@ -172,6 +173,10 @@ def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, r
         figures["eval.specimen.top1"] = result.specimen_metrics["top1"]
     if result.open_set:
         figures["eval.known_flagged_unknown"] = result.open_set["known_flagged_unknown"]
+    if report.get("ranks"):
+        figures |= {
+            f"eval.ranks.{key}": report["ranks"][key] for key in (*RANKS, UNKNOWN_RANK, "wrong")
+        }
     onnx_path = out / bundle_name("model", "onnx")
     onnx = export(config.updated(out=onnx_path, export__format="onnx"), run.path)
     figures |= {
