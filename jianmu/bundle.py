@@ -17,11 +17,18 @@ Where the metadata lives:
 - ONNX: ``metadata_props`` ``jianmu`` (JSON) and ``jianmu.openset`` (base64 of a safetensors
   blob of the statistics), so that one file is the whole bundle;
 - TorchScript: the archive's extra files ``jianmu.json`` and ``jianmu_openset.safetensors``.
+
+An exported bundle may also carry reference photos (:mod:`jianmu.gallery`, ``export.gallery``):
+ONNX ``metadata_props`` ``jianmu.gallery`` (base64 of the gallery's safetensors blob),
+TorchScript the extra file ``jianmu_gallery.safetensors``; :attr:`ModelBundle.gallery` decodes
+them on first use.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import functools
 import json
 import warnings
 import zipfile
@@ -37,9 +44,11 @@ from jianmu.calibration.scores import FeatureStatistics
 from jianmu.config import DataConfig
 from jianmu.data.images import READ_TIMEOUT
 from jianmu.data.preprocess import DIHEDRAL_VIEWS, dihedral
+from jianmu.data.quality import MEASURES, QualityGate
 from jianmu.data.spec import TransformSpec
 from jianmu.data.stream import Batch, Decode, stream_batches
 from jianmu.errors import JianmuError
+from jianmu.gallery import Gallery
 from jianmu.outputs import Item, Outputs, Prediction
 from jianmu.taxonomy import load_taxonomy
 
@@ -48,6 +57,8 @@ META_KEY = "jianmu"
 STATISTICS_KEY = "jianmu.openset"
 TORCHSCRIPT_META = "jianmu.json"
 TORCHSCRIPT_STATISTICS = "jianmu_openset.safetensors"
+GALLERY_KEY = "jianmu.gallery"
+TORCHSCRIPT_GALLERY = "jianmu_gallery.safetensors"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "embeddings")
 # Images per batch. Measured end to end on a 2-core CPU (resnet18 and mobilenetv3_large_100 ONNX,
@@ -100,6 +111,36 @@ class ModelBundle:
             int(data.get("min_image_side", DataConfig().min_image_side)), self.spec.input_size
         )
 
+    @functools.cached_property
+    def gallery(self) -> Gallery | None:
+        """The reference photos an exported bundle carries (``export.gallery``), decoded on first
+        use: a bundle without them, a checkpoint or a run folder has None.
+
+        Raises:
+            JianmuError: an unreadable gallery, or one that disagrees with the metadata.
+        """
+        blob = self._gallery_blob()
+        if not blob:
+            return None
+        gallery = Gallery.from_blob(blob, self.path, self.num_classes)
+        described = (self.meta.get("gallery") or {}).get("count", len(gallery))
+        if described != len(gallery):
+            raise JianmuError(
+                f"{self.path}: refused: the reference gallery holds {len(gallery)} photos, its "
+                f"metadata says {described}"
+            )
+        return gallery
+
+    def _gallery_blob(self) -> bytes:
+        """The stored gallery blob (b"": none); each form knows where it keeps it."""
+        return b""
+
+    @property
+    def quality_gate(self) -> QualityGate | None:
+        """The photo-quality bounds fitted on the model's training photos (None: trained before
+        the gate existed)."""
+        return QualityGate.from_meta(self.meta)
+
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N x C) and embeddings (N x D) of a preprocessed N x 3 x H x W float32 batch."""
         raise NotImplementedError
@@ -150,16 +191,19 @@ class ModelBundle:
         workers: int | None = None,
         read_timeout: float | None = READ_TIMEOUT,
     ) -> Outputs:
-        """Outputs on ``(path, class index)`` items, one row each (zeros for unreadable images)."""
+        """Outputs on ``(path, class index)`` items, one row each (zeros for unreadable images),
+        with the photo-quality measures of each."""
         logits: np.ndarray | None = None
         embeddings: np.ndarray | None = None
         ok = np.zeros(len(items), dtype=bool)
         errors: dict[int, str] = {}
+        quality = np.full((len(items), len(MEASURES)), np.nan, np.float32)
         for batch, batch_logits, batch_embeddings in self.stream(
             (path for path, _ in items), views, batch_size, workers, read_timeout=read_timeout
         ):
             for position, reason in batch.errors.items():
                 errors[batch.start + position] = reason
+            quality[batch.start : batch.start + len(batch.paths)] = batch.quality
             if not len(batch_logits):
                 continue
             if logits is None:
@@ -172,7 +216,7 @@ class ModelBundle:
             logits = np.zeros((len(items), self.num_classes), np.float32)
             embeddings = np.zeros((len(items), 1), np.float32)
         targets = np.asarray([label for _, label in items], dtype=np.int64)
-        return Outputs(logits, embeddings, targets, ok, errors)
+        return Outputs(logits, embeddings, targets, ok, errors, quality)
 
     def calibration(self, views: int = 1) -> Calibration:
         """Temperature and unknown threshold fitted for ``views`` test-time views."""
@@ -268,6 +312,13 @@ class OnnxBundle(ModelBundle):
         )
         return logits, embeddings.reshape(len(embeddings), -1)
 
+    def _gallery_blob(self) -> bytes:
+        text = self.session.get_modelmeta().custom_metadata_map.get(GALLERY_KEY, "")
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise JianmuError(f"{self.path}: refused: reference gallery not base64") from None
+
 
 class TorchBundle(ModelBundle):
     """A checkpoint (timm model rebuilt from its metadata) or a TorchScript bundle, run in fp32
@@ -298,6 +349,12 @@ class TorchBundle(ModelBundle):
             images = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             logits, embeddings = self.module(images.to(self.device))
         return logits.float().cpu().numpy(), embeddings.float().flatten(1).cpu().numpy()
+
+    def _gallery_blob(self) -> bytes:
+        # Read from the archive, not through torch.jit.load: only when a report asks for it.
+        if self.kind != "torchscript" or not self.path.is_file():
+            return b""
+        return _torchscript_extra(self.path, TORCHSCRIPT_GALLERY)
 
 
 @contextmanager
@@ -358,6 +415,16 @@ def _load_torchscript(path: Path, device: str) -> TorchBundle:
     size = int(meta.get("export", {}).get("num_outputs", bundle.num_classes))
     bundle._check_output_size(size)
     return bundle
+
+
+def _torchscript_extra(path: Path, name: str) -> bytes:
+    """The bytes of the extra file ``name`` of a TorchScript archive (b"": none)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            found = [entry for entry in archive.namelist() if entry.endswith(f"/extra/{name}")]
+            return archive.read(found[0]) if found else b""
+    except (OSError, zipfile.BadZipFile) as error:
+        raise JianmuError(f"{path}: refused: cannot read {name} ({error})") from None
 
 
 def _is_torchscript(path: Path) -> bool:

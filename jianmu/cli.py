@@ -51,6 +51,8 @@ taxonomy_app = typer.Typer(help="Species lists: show them, check them against a 
 data_app = typer.Typer(help="Datasets: audit, split, synthesize, preview augmentation.")
 app.add_typer(taxonomy_app, name="taxonomy")
 app.add_typer(data_app, name="data")
+record_app = typer.Typer(help="Inspection records: has anything changed since a run?")
+app.add_typer(record_app, name="record")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/wood.yaml")]
 ConfigOption = Annotated[
@@ -443,6 +445,37 @@ WorkersOption = Annotated[
 ]
 
 
+NoGateOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-quality-gate",
+        help="judge every readable photo, however blurred or badly exposed (quality.gate=false)",
+    ),
+]
+OperatorOption = Annotated[
+    str | None, typer.Option("--operator", help="who ran it, for the inspection record")
+]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="the capture device, for the inspection record")
+]
+RecordOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--record", help="inspection record (default: <out stem>.record.json beside --out/--html)"
+    ),
+]
+
+
+def _capture_options(no_gate: bool, operator, device, record) -> dict:
+    """The quality-gate and inspection-record options of predict and verify, as config keys."""
+    return {
+        "quality__gate": False if no_gate else None,
+        "predict__operator": operator,
+        "predict__device": device,
+        "predict__record": record,
+    }
+
+
 @app.command("predict")
 def predict_command(
     model: ModelArgument,
@@ -455,20 +488,28 @@ def predict_command(
     resume: ResumeOption = False,
     batch_size: BatchSizeOption = None,
     workers: WorkersOption = None,
+    no_quality_gate: NoGateOption = False,
+    operator: OperatorOption = None,
+    device: DeviceOption = None,
+    record: RecordOption = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
     """Classify field photos: the answer at the rank the model is sure of, calibrated candidates,
     regulatory flags.
 
-    Every file gets a row, readable or not. Exit codes: 0 every file was read; 1 some files could
-    not be read (their rows say why); 2 user error (bad model, no inputs, bad option); 130
-    interrupted by Ctrl-C (the rows done are saved: run again with --resume).
+    Every file gets a row, readable or not; a photo that fails the quality gate gets 'retake' and
+    why (blurred, too dark, ...), never a species. With --out or --html an inspection record
+    (<stem>.record.json, hashes of inputs and model; `jianmu record check`) is written beside.
+    Exit codes: 0 every file was read; 1 some files could not be read (their rows say why); 2 user
+    error (bad model, no inputs, bad option); 130 interrupted by Ctrl-C (the rows done are saved:
+    run again with --resume).
     """
     config = load_config(
         config_path, overrides or [], out=out, predict__html=html, predict__top_k=top_k,
         predict__tta=tta, predict__specimen_pattern=specimen_pattern,
         predict__resume=resume or None, predict__batch_size=batch_size, predict__workers=workers,
+        **_capture_options(no_quality_gate, operator, device, record),
     )  # fmt: skip
     from jianmu.engine.predict import predict
 
@@ -506,6 +547,10 @@ def verify_command(
     resume: ResumeOption = False,
     batch_size: BatchSizeOption = None,
     workers: WorkersOption = None,
+    no_quality_gate: NoGateOption = False,
+    operator: OperatorOption = None,
+    device: DeviceOption = None,
+    record: RecordOption = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -522,6 +567,7 @@ def verify_command(
         predict__tta=tta, predict__specimen_pattern=specimen_pattern,
         predict__resume=resume or None, predict__batch_size=batch_size, predict__workers=workers,
         verify__declared=declared, verify__declarations=declarations,
+        **_capture_options(no_quality_gate, operator, device, record),
     )  # fmt: skip
     from jianmu.engine.verify import exit_code, verify
 
@@ -559,6 +605,36 @@ def _classify(run, show_images: bool):
     return result
 
 
+# --- record --------------------------------------------------------------------------------------
+
+EXIT_RECORD_CHANGED = 5
+
+
+@record_app.command("check")
+def record_check(
+    record: Annotated[
+        Path,
+        typer.Argument(metavar="RECORD", help="a <stem>.record.json written by predict or verify"),
+    ],
+) -> None:
+    """Recompute a record's hash and re-hash its inputs and model: is anything changed since?
+
+    Exit codes: 0 the record, its inputs and its model are unchanged (a model that is not here to
+    re-hash is noted); 5 the record was altered, or an input or the model changed or is missing;
+    2 not a record (unreadable, not JSON, no hash).
+    """
+    from jianmu.record import check_record
+
+    check = check_record(record)
+    for line in check.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    if not check.ok:
+        error_console.print(
+            f"[bold red]changed:[/] {record} no longer matches its run", highlight=False
+        )
+        raise typer.Exit(EXIT_RECORD_CHANGED)
+
+
 @app.command("export")
 def export_command(
     model: Annotated[Path, typer.Argument(help="run folder or checkpoint .safetensors")],
@@ -579,6 +655,19 @@ def export_command(
     manifest: Annotated[
         Path | None, typer.Option("--manifest", help="manifest CSV (default: the run's)")
     ] = None,
+    gallery: Annotated[
+        int | None,
+        typer.Option(
+            "--gallery",
+            min=0,
+            help="reference photos per class carried as small JPEGs (export.gallery; mind the "
+            "data set's licence)",
+        ),
+    ] = None,
+    gallery_licence: Annotated[
+        str | None,
+        typer.Option("--gallery-licence", help="the reference photos' licence note, stored"),
+    ] = None,
     config_path: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -590,7 +679,8 @@ def export_command(
     # holds every default of the jianmu that trained it, which would pin outdated ones.
     config = load_config(
         config_path, overrides or [], out=out, data__root=data, data__manifest=manifest,
-        export__format=format, export__int8=int8 or None,
+        export__format=format, export__int8=int8 or None, export__gallery=gallery,
+        export__gallery_licence=gallery_licence,
     )  # fmt: skip
     from jianmu.engine.export import ExportCheckError, export
     from jianmu.report.console import export_table
@@ -604,6 +694,12 @@ def export_command(
     console.print(export_table(result.parity))
     size = f"{result.size_bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
     console.print(f"exported {result.path} ({size})", highlight=False, soft_wrap=True)
+    if result.gallery_bytes:
+        count = result.meta["gallery"]["count"]
+        added = f"+{result.gallery_bytes / 1e6:.2f} MB"
+        console.print(f"reference gallery: {count} photos ({added})", highlight=False)
+    for warning in result.warnings:
+        error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 @app.command("bench")

@@ -178,6 +178,34 @@ class CalibrationConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
 
 
+class QualityConfig(_Strict):
+    """The photo-quality gate: thresholds fitted at training time from the training photos' own
+    measures (a model trained on one device's photos gets that device's thresholds), applied by
+    predict and verify. Each bound is the training photos' ``quantile`` (or ``1 - quantile``) on
+    its side, moved outwards by ``margin`` times the spread between the 5% and 95% quantiles."""
+
+    gate: bool = Field(default=True, description="predict/verify: photos that fail get 'retake'")
+    quantile: float = Field(
+        default=0.005, ge=0.0, le=0.5, description="training photos' share outside each bound"
+    )
+    margin: float = Field(
+        default=0.25, ge=0.0, description="bounds moved outwards by this share of the 5-95% spread"
+    )
+    min_scale: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="'too small' / 'heavily compressed': the shorter side / the JPEG quality "
+        "setting under this share of the training photos' low quantile",
+    )
+    min_photos: int = Field(
+        default=30,
+        ge=1,
+        description="fewer training photos than this: no bounds are fitted (the quantiles of a "
+        "handful of photos would send good photos back)",
+    )
+
+
 class EvalConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
     tta: bool | None = Field(
@@ -200,6 +228,12 @@ class PredictConfig(_Strict):
     )
     html: Path | None = Field(default=None, description="also write a self-contained HTML page")
     resume: bool = Field(default=False, description="skip the files already in out; append")
+    record: Path | None = Field(
+        default=None,
+        description="inspection record; default: <out stem>.record.json beside out (or html)",
+    )
+    operator: str | None = Field(default=None, description="who ran it, for the record")
+    device: str | None = Field(default=None, description="the capture device, for the record")
 
 
 class ExportConfig(_Strict):
@@ -212,6 +246,16 @@ class ExportConfig(_Strict):
     parity_images: int = Field(default=1000, ge=1, description="validation images compared")
     max_logit_difference: float = Field(
         default=1e-3, gt=0, description="fp32: on random tensors, relative to the logit range"
+    )
+    gallery: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="reference photos per class carried in the bundle as small JPEGs (0: none; "
+        "mind the data set's licence)",
+    )
+    gallery_licence: str | None = Field(
+        default=None, description="the reference photos' licence note, stored with them"
     )
 
 
@@ -245,6 +289,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    quality: QualityConfig = QualityConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     predict: PredictConfig = PredictConfig()

@@ -25,14 +25,18 @@ class Outputs:
     targets: np.ndarray  # N int
     ok: np.ndarray  # N bool: False for images that could not be read (their rows are zeros)
     errors: dict[int, str] = field(default_factory=dict)  # row -> why it could not be read
+    quality: np.ndarray | None = None
+    """N x len(quality.MEASURES): the photo-quality measures (NaN rows: unreadable), if taken."""
 
     def subset(self, keep: np.ndarray) -> Outputs:
         """The rows where ``keep`` (a boolean mask) is true, renumbered."""
         rows = np.flatnonzero(keep)
         errors = {new: self.errors[old] for new, old in enumerate(rows) if old in self.errors}
+        quality = self.quality[keep] if self.quality is not None else None
         return Outputs(
-            self.logits[keep], self.embeddings[keep], self.targets[keep], self.ok[keep], errors
-        )
+            self.logits[keep], self.embeddings[keep], self.targets[keep], self.ok[keep], errors,
+            quality,
+        )  # fmt: skip
 
     def readable(self) -> Outputs:
         """The rows of the images that could be read."""

@@ -29,6 +29,10 @@ UNKNOWN = "unknown - refer to lab"
 VERDICTS = (IDENTIFIED, UNKNOWN)
 RANKS = ("species", "genus", "family")
 UNKNOWN_RANK = "unknown"
+RETAKE = "retake"
+"""The ``status`` of a photo that fails the quality gate: readable, not good enough to judge."""
+RETAKE_PHOTOS = "retake photos"
+"""The verdict of a specimen whose every photo failed the quality gate."""
 SPECIMEN_RULE = (
     "a specimen's shares are the mean of its readable images' top-k calibrated shares; it is "
     "answered at the deepest rank at which more than half of those images agree with its top "
@@ -115,9 +119,15 @@ class SpecimenVerdict:
     rank: str | None
     """species, genus, family or unknown; None without a readable image."""
     taxon: str | None
+    retake_images: int = 0
+    """Photos the quality gate sent back."""
 
     @property
     def verdict(self) -> str | None:
+        """The rank's verdict; ``retake photos`` when no photo was judged and some failed only
+        the quality gate."""
+        if self.ok_images == 0 and self.retake_images:
+            return RETAKE_PHOTOS
         return rank_verdict(self.rank)
 
     @property
@@ -129,6 +139,7 @@ class SpecimenVerdict:
 class _Sums:
     images: int = 0
     ok_images: int = 0
+    retake_images: int = 0
     shares: Counter = field(default_factory=Counter)  # class -> sum of top-k probabilities
     answers: Counter = field(default_factory=Counter)  # (rank, taxon) -> images agreeing there
 
@@ -150,14 +161,17 @@ class SpecimenRollup:
         top: Sequence[tuple[str, float]],
         rank: str | None,
         taxon: str | None = None,
+        retake: bool = False,
     ) -> None:
         """One image: its top-k (class, probability), best first, and its answer (``rank``:
-        species, genus, family or unknown, with its ``taxon``); an unreadable image has no top
-        and no rank. Images of no specimen (None) are not rolled up."""
+        species, genus, family or unknown, with its ``taxon``); an unreadable image, or one the
+        quality gate sends back (``retake``), has no top and no rank. Images of no specimen (None)
+        are not rolled up."""
         if specimen is None:
             return
         sums = self._specimens.setdefault(specimen, _Sums())
         sums.images += 1
+        sums.retake_images += retake
         if rank is None:
             return
         sums.ok_images += 1
@@ -186,7 +200,9 @@ class SpecimenRollup:
             if candidate is not None and 2 * sums.answers[(level, candidate)] > sums.ok_images:
                 rank, taxon = level, candidate
                 break
-        return SpecimenVerdict(name, sums.images, sums.ok_images, top, rank, taxon)
+        return SpecimenVerdict(
+            name, sums.images, sums.ok_images, top, rank, taxon, sums.retake_images
+        )
 
     def _candidate(self, level: str, ranked: list[tuple[str, float]]) -> str | None:
         """The taxon at ``level`` whose classes hold the largest share (ties: class order)."""

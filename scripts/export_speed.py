@@ -48,7 +48,7 @@ def main() -> None:
     index = class_index(checkpoint.classes)
     rows = [r for r in read_manifest(manifest, root=args.data) if r.split == args.split]
     spec = checkpoint.preprocessing
-    images = np.stack([load_preprocessed(args.data / r.path, spec) for r in rows])
+    images = np.stack([load_preprocessed(args.data / r.path, spec)[0] for r in rows])
     targets = np.array([index[r.label] for r in rows])
 
     bundles = {}

@@ -54,10 +54,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="decoding threads (default: CPUs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="keep the generated folders here")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override of the predict runs, e.g. quality.gate=false",
+    )  # fmt: skip
     parser.add_argument("--child", type=Path, metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.model, args.child, args.batch, args.workers)
+        _child(args.model, args.child, args.batch, args.workers, args.set)
         return
     with tempfile.TemporaryDirectory(prefix="predict_speed_") as scratch:
         work = args.work or Path(scratch)
@@ -78,7 +82,7 @@ def _run(args, work: Path) -> None:
     rows = []
     for model in models:
         for size, folder in folders.items():
-            end_to_end = _in_child(model, folder, args.batch, args.workers)
+            end_to_end = _in_child(model, folder, args.batch, args.workers, args.set)
             model_only, batch = model_only_speed(model, folder, args.batch)
             plain = None
             if args.checkpoint is not None and model == args.model:
@@ -145,8 +149,11 @@ def link_copies(sources: list[Path], folder: Path, count: int) -> Path:
 # --- measurements ---------------------------------------------------------------------------------
 
 
-def _in_child(model: Path, folder: Path, batch: int | None, workers: int | None) -> dict:
+def _in_child(
+    model: Path, folder: Path, batch: int | None, workers: int | None, overrides=()
+) -> dict:
     command = [sys.executable, str(HERE), str(model), "--child", str(folder)]
+    command += [f"--set={override}" for override in overrides]
     if batch:
         command += ["--batch", str(batch)]
     if workers:
@@ -157,7 +164,9 @@ def _in_child(model: Path, folder: Path, batch: int | None, workers: int | None)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _child(model: Path, folder: Path, batch: int | None, workers: int | None) -> None:
+def _child(
+    model: Path, folder: Path, batch: int | None, workers: int | None, overrides=()
+) -> None:
     from jianmu.bundle import load_model
     from jianmu.config import load_config
     from jianmu.engine.predict import predict
@@ -167,8 +176,9 @@ def _child(model: Path, folder: Path, batch: int | None, workers: int | None) ->
     loaded = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(
-            out=Path(scratch) / "results.csv", predict__batch_size=batch, predict__workers=workers
-        )
+            None, list(overrides), out=Path(scratch) / "results.csv", predict__batch_size=batch,
+            predict__workers=workers,
+        )  # fmt: skip
         result = predict(config, bundle, [folder], keep_images=False)
     seconds = time.perf_counter() - loaded
     report = {
@@ -204,7 +214,7 @@ def model_only_speed(model: Path, folder: Path, batch: int | None, seconds: floa
     bundle = load_model(model)
     batch = batch or BATCH_SIZE
     paths = sorted(folder.glob("*.jpg"))[:batch]
-    images = np.stack([load_preprocessed(path, bundle.spec) for path in paths])
+    images = np.stack([load_preprocessed(path, bundle.spec)[0] for path in paths])
     images = np.concatenate([images] * (batch // len(images) + 1))[:batch]
     bundle.predict(images)  # warm-up
     done, started = 0, time.perf_counter()

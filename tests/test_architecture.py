@@ -19,8 +19,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "jianmu"
 # Bottom first; a module belongs to the layer of its longest listed prefix.
 LAYERS = (
-    ("jianmu", "jianmu.errors", "jianmu.config", "jianmu.files", "jianmu.rundir"),
-    ("jianmu.outputs", "jianmu.taxonomy", "jianmu.data", "jianmu.metrics", "jianmu.verdict"),
+    ("jianmu", "jianmu.errors", "jianmu.config", "jianmu.files", "jianmu.rundir", "jianmu.record"),
+    (
+        "jianmu.outputs",
+        "jianmu.taxonomy",
+        "jianmu.data",
+        "jianmu.metrics",
+        "jianmu.verdict",
+        "jianmu.gallery",
+    ),
     ("jianmu.calibration", "jianmu.models"),
     ("jianmu.bundle",),
     ("jianmu.report",),

@@ -37,7 +37,7 @@ def val_batch(run, bundle, count=6):
     rows = [line.split(",") for line in (run / "manifest.csv").read_text().splitlines()[1:]]
     root = load_checkpoint(run).meta["config"]["data"]["root"]
     paths = [os.path.join(root, row[0]) for row in rows if row[3] == "val"][:count]
-    return np.stack([load_preprocessed(path, bundle.spec) for path in paths])
+    return np.stack([load_preprocessed(path, bundle.spec)[0] for path in paths])
 
 
 @pytest.mark.parametrize("form", ["onnx", "torchscript"])
@@ -167,7 +167,7 @@ import numpy as np
 import jianmu
 from jianmu.data.preprocess import load_preprocessed
 bundle = jianmu.load_model({str(path)!r})
-prediction = bundle.predict(load_preprocessed({str(image)!r}, bundle.spec)[None], views=8)
+prediction = bundle.predict(load_preprocessed({str(image)!r}, bundle.spec)[0][None], views=8)
 assert prediction.probabilities.shape == (1, 3)
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "timm", "albumentations")))
 """

@@ -21,7 +21,7 @@ from imagefiles import (
 from PIL import Image
 
 from jianmu.data import images
-from jianmu.data.images import ImageDecodeError, load_image, probe_image, to_rgb
+from jianmu.data.images import ImageDecodeError, load_image, open_image, probe_image, to_rgb
 from jianmu.errors import JianmuError
 
 
@@ -169,4 +169,12 @@ def test_probe_reports_the_header(tmp_path: Path) -> None:
         "height": 30,
         "exif_rotated": False,
         "frames": 1,
+        "jpeg_quality": None,  # not a JPEG
     }
+
+
+@pytest.mark.parametrize("quality", [5, 30, 75, 95])
+def test_a_jpegs_quality_setting_is_read_from_its_table(tmp_path: Path, quality: int) -> None:
+    path = tmp_path / "a.jpg"
+    Image.fromarray(make_pixels(1, (64, 48))).save(path, "JPEG", quality=quality)
+    assert open_image(path)[1].jpeg_quality == quality

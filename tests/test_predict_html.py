@@ -223,7 +223,7 @@ def test_names_are_escaped_and_every_file_is_listed(page):
         "images-table": 6,
         "failed-table": 2,
     }
-    failed = "".join(parsed.text[parsed.text.index("Files that could not be read") :])
+    failed = "".join(parsed.text[parsed.text.index("Files to photograph again or check") :])
     for path, reason in FAILED.items():
         assert path in failed and reason in failed
     for words in ("unknown - refer to lab", "降香黄檀", "谷斑皮蠹", "CITES App. II", "Fabaceae"):
@@ -266,7 +266,10 @@ app.exec()
 _PROBE = r"""
 (() => {
   const all = (selector) => [...document.querySelectorAll(selector)];
-  const colour = (selector) => getComputedStyle(document.querySelector(selector)).backgroundColor;
+  const colour = (selector) => {
+    const found = document.querySelector(selector);
+    return found ? getComputedStyle(found).backgroundColor : null;
+  };
   const rows = () => all("#images-table tbody tr");
   const out = {
     charset: document.characterSet,
@@ -282,9 +285,15 @@ _PROBE = r"""
     specimens: all("#specimens-table tbody tr").map((row) => row.innerText),
     failed: all("#failed-table tbody tr").map((row) => [row.cells[0].textContent,
                                                         row.cells[1].textContent]),
-    thumbnails: all("img.thumb").map((img) => [img.alt, img.complete, img.naturalWidth,
-                                               img.naturalHeight]),
-    placeholders: all(".thumb.none").map((box) => box.textContent),
+    thumbnails: all("#images-table img.thumb").map((img) => [img.alt, img.complete,
+                                                            img.naturalWidth, img.naturalHeight]),
+    placeholders: all("#images-table .thumb.none").map((box) => box.textContent),
+    sheets: all(".sheet").map((sheet) => sheet.innerText),
+    references: all(".sheet .candidates img.thumb").map((img) => [img.complete,
+                                                                   img.naturalWidth]),
+    print: [...document.styleSheets].flatMap((sheet) => [...sheet.cssRules])
+      .filter((rule) => rule.media && rule.media.mediaText.includes("print"))
+      .map((rule) => rule.cssText),
     colours: {
       identified: colour(".verdict.identified"), unknown: colour(".verdict.unknown"),
       failed: colour(".verdict.failed"), cites: colour(".flag.cites"),
@@ -394,3 +403,43 @@ def test_page_renders_in_headless_chromium(page):
         "failed": 2,
         "find": 2,
     }
+
+
+def test_inspection_sheets_render_with_reference_photos_reasons_and_print_layout(tmp_path):
+    reference = {"photo": "train/Dalbergia_odorifera/ref 3.jpg", "index": 0, "distance": 0.12}
+    top = [{**ODORIFERA_TOP[0], "reference": reference}, *ODORIFERA_TOP[1:]]
+    images = [
+        _image("case/A/front.jpg", "A", "identified", top=top, other=0.02, **ODORIFERA),
+        _image("case/A/blurred.jpg", "A", None, status="retake",
+               quality={"reasons": ["blurred", "too dark"], "measures": {}}),
+        _image("case/B/dark.jpg", "B", None, status="retake",
+               quality={"reasons": ["too dark"], "measures": {}}),
+    ]  # fmt: skip
+    specimens = [
+        {"specimen": "A", "images": 2, "ok_images": 1, "retake_images": 1,
+         "verdict": "identified", "top": top, "other": 0.02, **ODORIFERA},
+        {"specimen": "B", "images": 1, "ok_images": 0, "retake_images": 1,
+         "verdict": "retake photos", "top": [], "other": None, **NO_TAXON},
+    ]  # fmt: skip
+    summary = {
+        **SUMMARY,
+        "images": 3,
+        "retake": 2,
+        "quality_gate": "on",
+        "record_sha256": "ab" * 32,
+        "gallery": {"per_class": 3, "licence": "CC BY 4.0"},
+    }
+    thumbnails = {"case/A/front.jpg": _jpeg((64, 48), (90, 60, 30)),
+                  "reference:0": _jpeg((80, 60), (120, 80, 40))}  # fmt: skip
+    page = write_predict_html(tmp_path / "sheet.html", images, specimens, summary, thumbnails)
+    rendered, console = _render(page)
+    assert console == []
+    first, second = rendered["sheets"]
+    assert "Specimen A" in first and "ref 3.jpg" in first and "CC BY 4.0" not in first
+    assert "blurred.jpg: blurred, too dark" in first and "1 of 2 photo(s) judged" in first
+    assert "ab" * 32 in first  # the inspection record's hash on every sheet
+    assert "retake photos" in second and "dark.jpg: too dark" in second
+    assert rendered["references"] == [[True, 80]]  # the reference photo decoded
+    assert "CC BY 4.0" in rendered["text"]
+    printing = " ".join(rendered["print"])
+    assert "break-after: page" in printing and ".sheet" in printing

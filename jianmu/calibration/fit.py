@@ -57,6 +57,8 @@ class Fitted:
 
     record: dict[str, Any]
     statistics: FeatureStatistics
+    train_quality: np.ndarray | None = None
+    """The photo-quality measures of the training photos looked at (for the quality gate)."""
 
 
 def calibrate(
@@ -126,7 +128,7 @@ def calibrate(
             "validation": {count: fit["validation"] for count, fit in fitted.items()},
             "max_wrong_rate": config.max_wrong_rate,
         }
-    return Fitted(record, statistics)
+    return Fitted(record, statistics, train.quality)
 
 
 def fit_rank_thresholds(

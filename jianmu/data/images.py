@@ -60,6 +60,8 @@ class ImageProbe:
     exif_rotated: bool = False
     frames: int = 1
     """More than 1: an animated file, of which the first frame is used."""
+    jpeg_quality: int | None = None
+    """A JPEG's quality setting (1-100, IJG scale) estimated from its luminance table."""
 
     @property
     def ok(self) -> bool:
@@ -185,6 +187,7 @@ def decode_image(data: bytes, path: Path, size: int | None) -> tuple[Image.Image
             format_, mode = image.format or "", image.mode
             frames = int(getattr(image, "n_frames", 1) or 1)
             orientation = _orientation(image)
+            jpeg_quality = _jpeg_quality(image) if format_ == "JPEG" else None
             if size is not None and format_ == "JPEG":
                 image.draft("RGB", (size, size))
             image.load()
@@ -211,8 +214,33 @@ def decode_image(data: bytes, path: Path, size: int | None) -> tuple[Image.Image
         height=height,
         exif_rotated=orientation != 1,
         frames=frames,
+        jpeg_quality=jpeg_quality,
     )
     return rgb, probe
+
+
+# The IJG (libjpeg) standard luminance table, row by row as Pillow reports tables.
+_IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
+    92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+], dtype=np.float64)  # fmt: skip
+
+
+def _jpeg_quality(image: Image.Image) -> int | None:
+    """The quality setting a JPEG was written with, from the scale of its luminance table against
+    the IJG standard table (exact for files written by libjpeg, Pillow and most cameras; an
+    estimate for others). None when the file carries no table."""
+    tables = getattr(image, "quantization", None) or {}
+    table = tables.get(0)
+    if table is None or len(table) != 64:
+        return None
+    values = np.asarray(table, dtype=np.float64)
+    unclipped = (values > 1) & (values < 255)  # libjpeg clips entries to 1..255
+    ratios = (values / _IJG_LUMINANCE)[unclipped] if unclipped.any() else values / _IJG_LUMINANCE
+    scale = float(np.median(ratios) * 100.0)
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(round(min(100.0, max(1.0, quality))))
 
 
 def _orientation(image: Image.Image) -> int:

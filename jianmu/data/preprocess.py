@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jianmu.data.images import READ_TIMEOUT, load_image
+from jianmu.data.images import READ_TIMEOUT, ImageProbe, open_image
+from jianmu.data.quality import measure
 from jianmu.data.spec import INTERPOLATION_NAMES, TransformSpec
 from jianmu.errors import JianmuError
 
@@ -56,6 +57,12 @@ def decode_size(spec: TransformSpec) -> int:
 
 def preprocess(image: np.ndarray, spec: TransformSpec) -> np.ndarray:
     """HWC uint8 RGB -> CHW float32, resized, center-cropped and normalized as ``spec`` says."""
+    return normalize(crop(image, spec), spec)
+
+
+def crop(image: np.ndarray, spec: TransformSpec) -> np.ndarray:
+    """HWC uint8 RGB -> the ``input_size`` square uint8 picture the model sees: the shorter side
+    resized to ``floor(input_size / crop_pct)``, then centre-cropped."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise JianmuError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
     if not 0.0 < spec.crop_pct <= 1.0:
@@ -69,7 +76,11 @@ def preprocess(image: np.ndarray, spec: TransformSpec) -> np.ndarray:
         image = cv2.resize(image, (size[1], size[0]), interpolation=flag)
     top = (size[0] - spec.input_size) // 2
     left = (size[1] - spec.input_size) // 2
-    crop = image[top : top + spec.input_size, left : left + spec.input_size]
+    return image[top : top + spec.input_size, left : left + spec.input_size]
+
+
+def normalize(crop: np.ndarray, spec: TransformSpec) -> np.ndarray:
+    """The cropped HWC uint8 picture -> CHW float32, normalized with the spec's mean and std."""
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
     inverse_std = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
     normalized = (crop.astype(np.float32) - mean) * inverse_std
@@ -78,11 +89,23 @@ def preprocess(image: np.ndarray, spec: TransformSpec) -> np.ndarray:
 
 def load_preprocessed(
     path: str | Path, spec: TransformSpec, timeout: float | None = READ_TIMEOUT
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` within ``timeout`` seconds, decode it (draft-decoding large JPEGs) and
-    :func:`preprocess` it.
+    :func:`preprocess` it; and the quality measures of the picture the model sees
+    (:func:`jianmu.data.quality.measure`).
 
     Raises:
         ImageDecodeError: the file cannot be read as an image.
     """
-    return preprocess(np.asarray(load_image(path, decode_size(spec), timeout)), spec)
+    picture, probe = open_image(path, decode_size(spec), timeout)
+    return preprocess_measured(np.asarray(picture), spec, probe)
+
+
+def preprocess_measured(
+    image: np.ndarray, spec: TransformSpec, probe: ImageProbe
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`preprocess` and the quality measures of the cropped picture and of the file
+    (``probe``: its stored size and JPEG quality)."""
+    picture = crop(image, spec)
+    side = min(probe.width, probe.height)
+    return normalize(picture, spec), measure(picture, side, probe.jpeg_quality)

@@ -21,10 +21,22 @@ import numpy as np
 
 from jianmu.data.images import READ_TIMEOUT, ImageDecodeError
 from jianmu.data.preprocess import load_preprocessed
+from jianmu.data.quality import MEASURES, unmeasured
 from jianmu.data.spec import TransformSpec
 
-Decode = Callable[[Path, TransformSpec], tuple[np.ndarray, Any]]
-"""``(path, spec) -> (CHW float32 image, extra)``: a file decoded and preprocessed."""
+
+@dataclass
+class Decoded:
+    """A file decoded and preprocessed: the CHW float32 image, the quality measures of the picture
+    the model sees (:func:`jianmu.data.quality.measure`) and anything else the decoder keeps."""
+
+    image: np.ndarray
+    quality: np.ndarray
+    extra: Any = None
+
+
+Decode = Callable[[Path, TransformSpec], Decoded]
+"""``(path, spec) -> Decoded``."""
 
 
 @dataclass
@@ -36,7 +48,9 @@ class Batch:
     images: np.ndarray  # K x 3 x H x W float32, K = number of readable paths
     ok: np.ndarray  # len(paths) bool
     errors: dict[int, str] = field(default_factory=dict)  # position in batch -> reason
-    extras: list[Any] = field(default_factory=list)  # per path, from ``extra(path, image)``
+    extras: list[Any] = field(default_factory=list)  # per path, the decoder's extra (or None)
+    quality: np.ndarray = field(default_factory=lambda: np.zeros((0, len(MEASURES)), np.float32))
+    """len(paths) x len(MEASURES) quality measures (NaN rows for unreadable paths)."""
 
 
 def default_workers() -> int:
@@ -56,9 +70,9 @@ def stream_batches(
     :attr:`Batch.errors`, never raised.
 
     Args:
-        decode: ``(path, spec) -> (CHW float32 image, extra)``; the default reads (within
-            ``read_timeout`` seconds), decodes and preprocesses, and returns no extra. A custom one
-            can also keep a thumbnail; it bounds its own reads.
+        decode: ``(path, spec) -> Decoded``; the default reads (within ``read_timeout``
+            seconds), decodes, preprocesses and measures, and keeps no extra. A custom one can also
+            keep a thumbnail; it bounds its own reads.
     """
     decode = decode or partial(_decode, timeout=read_timeout)
     workers = workers or default_workers()
@@ -83,30 +97,30 @@ def stream_batches(
             first, chunk, futures = pending.popleft()
             submit()
             results = [future.result() for future in futures]
-            ok = np.array([error is None for _, _, error in results], dtype=bool)
-            images = [image for image, _, error in results if error is None]
+            ok = np.array([error is None for _, error in results], dtype=bool)
+            images = [done.image for done, error in results if error is None]
             size = spec.input_size
             yield Batch(
                 first,
                 chunk,
                 np.stack(images) if images else np.zeros((0, 3, size, size), np.float32),
                 ok,
-                {i: error for i, (_, _, error) in enumerate(results) if error is not None},
-                [extra for _, extra, _ in results],
+                {i: error for i, (_, error) in enumerate(results) if error is not None},
+                [done.extra if done else None for done, _ in results],
+                np.stack([done.quality if done else unmeasured() for done, _ in results]),
             )
 
 
-def _decode(path: Path, spec: TransformSpec, timeout: float | None) -> tuple[np.ndarray, None]:
-    return load_preprocessed(path, spec, timeout), None
+def _decode(path: Path, spec: TransformSpec, timeout: float | None) -> Decoded:
+    return Decoded(*load_preprocessed(path, spec, timeout))
 
 
-def _safe(decode, path: Path, spec: TransformSpec) -> tuple[np.ndarray | None, Any, str | None]:
+def _safe(decode, path: Path, spec: TransformSpec) -> tuple[Decoded | None, str | None]:
     try:
-        image, extra = decode(path, spec)
-        return image, extra, None
+        return decode(path, spec), None
     except ImageDecodeError as error:
-        return None, None, error.reason
+        return None, error.reason
     except MemoryError:
-        return None, None, "out of memory while decoding"
+        return None, "out of memory while decoding"
     except Exception as error:  # noqa: BLE001 - one bad file must never stop a batch
-        return None, None, f"unreadable ({type(error).__name__}: {str(error)[:80]})"
+        return None, f"unreadable ({type(error).__name__}: {str(error)[:80]})"

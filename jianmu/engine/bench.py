@@ -245,7 +245,7 @@ def _predict_figures(
 def _speed_figures(run, bundles, paths, suite: BenchSuite, figures, out: Path) -> dict[str, float]:
     speed = suite.speed
     onnx = load_model(bundles["onnx"])
-    sample = np.stack([load_preprocessed(p, onnx.spec) for p in paths[: speed.batch_size]])
+    sample = np.stack([load_preprocessed(p, onnx.spec)[0] for p in paths[: speed.batch_size]])
     batch = fill_batch(sample, speed.batch_size)
     seconds = speed.seconds
     result = {

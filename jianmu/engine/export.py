@@ -12,6 +12,10 @@ The ONNX graph is written by PyTorch's TorchScript-based exporter (``dynamo=Fals
 explicitly: it needs no ``onnxscript`` and handles timm's convolutional networks; the tests run
 this path. int8 is static QDQ quantization calibrated on training images (onnxruntime's tools);
 dynamic int8 is much slower than fp32 for convolutional networks.
+
+With ``export.gallery`` > 0 the bundle also carries reference photos (:mod:`jianmu.gallery`): that
+many diverse training photos per class, embedded by the exported model itself (the embeddings
+predict compares queries with), as small JPEGs with the data set's licence note.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import torch
 import jianmu
 from jianmu.bundle import (
     BUNDLE_FORMAT,
+    GALLERY_KEY,
     INPUT_NAME,
     META_KEY,
     OUTPUT_NAMES,
     STATISTICS_KEY,
+    TORCHSCRIPT_GALLERY,
     TORCHSCRIPT_META,
     TORCHSCRIPT_STATISTICS,
     ModelBundle,
@@ -47,16 +53,23 @@ from jianmu.bundle import (
 from jianmu.calibration.fit import calibrate, seeded_subset, settings_of
 from jianmu.calibration.scores import FeatureStatistics
 from jianmu.config import IMAGE_EXTENSIONS, Config, ExportConfig
-from jianmu.data.samples import class_index, find_samples
+from jianmu.data.images import load_image
+from jianmu.data.samples import class_index, find_samples, relative_posix
 from jianmu.data.split import manifest_items, read_manifest
 from jianmu.data.stream import stream_batches
 from jianmu.engine.parity import ExportCheckError, check_parity, measure_parity, reference_logits
 from jianmu.errors import JianmuError
 from jianmu.files import atomic_write
+from jianmu.gallery import NO_LICENCE, THUMBNAIL_PX, Gallery, make_thumbnail, select_gallery
 from jianmu.models import Checkpoint, OutputsModule, load_checkpoint
 from jianmu.rundir import RunDir, default_bundle_path, run_folder
 
 __all__ = ["ExportCheckError", "ExportResult", "export"]
+
+# Training photos per class embedded to choose the reference gallery from, drawn with the seed:
+# plenty for a diverse pick of up to 20, and a bound on the export's time (145 classes: at most
+# 14,500 photos, about 2 minutes on two cores).
+GALLERY_CANDIDATES = 100
 
 
 @dataclass
@@ -68,16 +81,21 @@ class ExportResult:
     seconds: float
     size_bytes: int
     meta: dict[str, Any] = field(default_factory=dict)
+    gallery_bytes: int = 0
+    """What the reference gallery adds to the bundle file (0: no gallery)."""
+    warnings: list[str] = field(default_factory=list)
 
 
 def export(config: Config, model: str | Path) -> ExportResult:
     """Export a run folder or checkpoint to a verified bundle at ``out`` (default: beside it),
-    as ``export.format`` (``onnx``, ``torchscript``) and ``export.int8`` say. The validation
-    images come from ``data.root``/``data.manifest``, by default the run's own.
+    as ``export.format`` (``onnx``, ``torchscript``) and ``export.int8`` say, with
+    ``export.gallery`` reference photos per class. The validation (and training) images come from
+    ``data.root``/``data.manifest``, by default the run's own.
 
     Raises:
         ExportCheckError: the parity check failed (no bundle is written).
-        JianmuError: bad settings, or no validation images to check the export with.
+        JianmuError: bad settings, no validation images to check the export with, or no
+            training photos for the gallery.
     """
     settings = config.export
     if settings.int8 and settings.format != "onnx":
@@ -86,7 +104,8 @@ def export(config: Config, model: str | Path) -> ExportResult:
     model = Path(model)
     checkpoint = load_checkpoint(model)
     out = Path(config.out or default_bundle_path(model, settings.format, settings.int8))
-    items = _items(model, checkpoint, config.data.root, config.data.manifest)
+    root = _data_root(checkpoint, config.data.root)
+    items = _items(model, checkpoint, root, config.data.manifest)
     if not items["val"]:
         raise JianmuError(
             f"{model}: no validation images to check the export against; pass --data ROOT "
@@ -117,18 +136,22 @@ def export(config: Config, model: str | Path) -> ExportResult:
         meta |= fitted.record
         meta["unknown"]["refit_for_int8"] = True
         statistics = fitted.statistics.to_arrays(keep_knn=meta["unknown"]["rule"] == "knn")
+    gallery = _gallery(bundle, items["train"], root, config) if settings.gallery else None
+    blob = gallery.to_blob() if gallery is not None else b""
+    if gallery is not None:
+        meta["gallery"] = {**gallery.describe(), "bytes": len(blob)}
     if settings.format == "onnx":
-        _set_metadata(proto, meta, statistics)  # now with the parity figures
+        _set_metadata(proto, meta, statistics, blob)  # now with the parity figures
         atomic_write(out, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
     else:
         extra = {
             TORCHSCRIPT_META: json.dumps(meta, ensure_ascii=False, default=str),
             TORCHSCRIPT_STATISTICS: encode_statistics(statistics),
-        }
+        } | ({TORCHSCRIPT_GALLERY: blob} if blob else {})
         atomic_write(out, lambda tmp: _save_torchscript(traced, tmp, extra))
     return ExportResult(
         out, settings.format, settings.int8, parity, time.perf_counter() - started,
-        out.stat().st_size, meta,
+        out.stat().st_size, meta, _stored_size(blob, meta, settings.format), _warnings(settings),
     )  # fmt: skip
 
 
@@ -141,9 +164,13 @@ def _statistics(meta: dict[str, Any], checkpoint: Checkpoint) -> dict[str, np.nd
     return statistics.to_arrays(keep_knn=(meta.get("unknown") or {}).get("rule") == "knn")
 
 
-def _items(model: Path, checkpoint: Checkpoint, data, manifest) -> dict[str, list]:
-    """Validation (parity), training (int8 quantization and calibration) items."""
-    root = Path(data) if data is not None else _config_root(checkpoint)
+def _data_root(checkpoint: Checkpoint, data) -> Path | None:
+    """``data.root`` when given, else the root the model was trained on."""
+    return Path(data) if data is not None else _config_root(checkpoint)
+
+
+def _items(model: Path, checkpoint: Checkpoint, root: Path | None, manifest) -> dict[str, list]:
+    """Validation (parity), training (int8 quantization, calibration, gallery) items."""
     manifest = Path(manifest) if manifest is not None else RunDir(run_folder(model)).manifest
     if root is None or not root.is_dir():
         return {"val": [], "train": []}
@@ -224,14 +251,70 @@ def _onnx_proto(model_bytes: bytes):
     return proto
 
 
-def _set_metadata(proto, meta: dict[str, Any], statistics: dict[str, np.ndarray]) -> None:
-    """Replace the bundle's metadata: the JSON document and the open-set statistics."""
+def _set_metadata(
+    proto, meta: dict[str, Any], statistics: dict[str, np.ndarray], gallery: bytes = b""
+) -> None:
+    """Replace the bundle's metadata: the JSON document, the open-set statistics and the
+    reference gallery's blob (when there is one)."""
     del proto.metadata_props[:]
     document = json.dumps(meta, ensure_ascii=False, default=str)
     blob = base64.b64encode(encode_statistics(statistics)).decode("ascii")
-    for key, value in ((META_KEY, document), (STATISTICS_KEY, blob)):
+    properties = [(META_KEY, document), (STATISTICS_KEY, blob)]
+    if gallery:
+        properties.append((GALLERY_KEY, base64.b64encode(gallery).decode("ascii")))
+    for key, value in properties:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def _gallery(bundle: ModelBundle, items: list, root: Path | None, config: Config) -> Gallery:
+    """``export.gallery`` diverse training photos per class (of at most
+    :data:`GALLERY_CANDIDATES` drawn with the seed), embedded by the exported bundle itself, as
+    thumbnails of the photos as decoded; named by their path under the data root."""
+    candidates = _per_class_subset(items, GALLERY_CANDIDATES, config.seed)
+    outputs = bundle.run(candidates, 1) if candidates else None
+    if outputs is None or not outputs.ok.any():
+        raise JianmuError(
+            "--gallery needs the model's training photos; pass --data ROOT (and --manifest CSV) "
+            "pointing at the training data"
+        )
+    readable = [item for item, ok in zip(candidates, outputs.ok, strict=True) if ok]
+    outputs = outputs.readable()
+    chosen = select_gallery(outputs.embeddings, outputs.targets, config.export.gallery)
+    paths = [Path(readable[row][0]) for row in chosen]
+    timeout = config.data.read_timeout
+    jpegs = [make_thumbnail(load_image(path, THUMBNAIL_PX, timeout)) for path in paths]
+    sources = [relative_posix(path, root) if root else path.name for path in paths]
+    licence = config.export.gallery_licence or NO_LICENCE
+    embeddings, classes = outputs.embeddings[chosen], outputs.targets[chosen]
+    return Gallery(embeddings, classes, jpegs, sources, licence, per_class=config.export.gallery)
+
+
+def _per_class_subset(items: list, limit: int, seed: int) -> list:
+    """At most ``limit`` items of each class, drawn with ``seed``, in their original order."""
+    by_class: dict[int, list[int]] = {}
+    for position, (_, label) in enumerate(items):
+        by_class.setdefault(label, []).append(position)
+    kept = [p for group in by_class.values() for p in seeded_subset(group, limit, seed)]
+    return [items[position] for position in sorted(kept)]
+
+
+def _stored_size(blob: bytes, meta: dict[str, Any], form: str) -> int:
+    """Bytes the gallery takes in a bundle: its blob (base64 text in ONNX, as is in TorchScript)
+    and its description in the metadata."""
+    if not blob:
+        return 0
+    described = len(json.dumps(meta["gallery"], ensure_ascii=False, default=str).encode())
+    return described + (4 * -(-len(blob) // 3) if form == "onnx" else len(blob))
+
+
+def _warnings(config: ExportConfig) -> list[str]:
+    if config.gallery and not config.gallery_licence:
+        return [
+            f"reference gallery stored as '{NO_LICENCE}': check that the data set's licence lets "
+            f"its photos travel in a bundle, and say so with --gallery-licence"
+        ]
+    return []
 
 
 def _quantize(fp32: bytes, items: list, checkpoint: Checkpoint, config: ExportConfig) -> bytes:

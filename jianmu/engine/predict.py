@@ -16,6 +16,7 @@ not be read ("not found", "zero-byte file", "not an image", "truncated image", "
 
 from __future__ import annotations
 
+import hashlib
 import io
 import signal
 import threading
@@ -34,20 +35,23 @@ from PIL import Image
 from jianmu.bundle import ModelBundle, load_model
 from jianmu.config import Config
 from jianmu.data.declarations import Declarations
-from jianmu.data.images import ImageDecodeError, open_image
+from jianmu.data.images import ImageDecodeError, decode_image, read_image_bytes
 from jianmu.data.inputs import InputImage, find_inputs, path_key
-from jianmu.data.preprocess import DIHEDRAL_VIEWS, decode_size, preprocess
+from jianmu.data.preprocess import DIHEDRAL_VIEWS, decode_size, preprocess_measured
+from jianmu.data.quality import QualityGate, described
 from jianmu.data.samples import class_index
 from jianmu.data.spec import TransformSpec
-from jianmu.data.stream import Decode
+from jianmu.data.stream import Decode, Decoded
 from jianmu.errors import JianmuError
 from jianmu.outputs import Prediction
+from jianmu.record import build_record, input_entry, record_path, write_record
 from jianmu.report.predict_files import ResultWriter, output_format, read_results
 from jianmu.taxonomy import Declared
 from jianmu.verdict import (
     DECISIONS,
     IDENTIFIED,
     RANKS,
+    RETAKE,
     UNKNOWN_RANK,
     Lineages,
     SpecimenRollup,
@@ -76,6 +80,8 @@ class PredictResult:
     interrupted: bool = False
     species: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per identified class: species, Chinese name, genus, family, flags (for tables)."""
+    record: dict[str, Any] | None = None
+    """The sealed inspection record written (see :mod:`jianmu.record`), if any."""
 
     @property
     def failed(self) -> int:
@@ -131,7 +137,9 @@ def predict(
     todo = [image for image in found.images if path_key(image.path) not in done]
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     views = DIHEDRAL_VIEWS if settings.tta else 1
-    labels = Labels(bundle, max(1, min(settings.top_k, bundle.num_classes)), views, declarations)
+    gate = bundle.quality_gate if config.quality.gate else None
+    top = max(1, min(settings.top_k, bundle.num_classes))
+    labels = Labels(bundle, top, views, declarations, gate)
     as_document = out is not None and output_format(out) == ".json"
     keep_images = keep_images or settings.html is not None or as_document
     tally = _Tally(labels, keep_images)
@@ -149,7 +157,7 @@ def predict(
 
     def record(batch, logits, embeddings) -> None:
         prediction = bundle.predict_outputs(logits, embeddings, views) if len(logits) else None
-        records = labels.records(batch, todo, prediction, thumbnails)
+        records = labels.records(batch, todo, prediction, thumbnails, tally.inputs)
         for each in records:
             tally.add(each)
         if writer is not None:
@@ -162,6 +170,16 @@ def predict(
     interrupted = _consume(batches, record)
     summary = tally.summary(bundle, model, time.perf_counter() - started, len(todo), views)
     summary |= {"skipped": found.skipped, "resumed": len(previous), "interrupted": interrupted}
+    summary["quality_gate"] = _gate_state(config, gate)
+    described_gallery = bundle.meta.get("gallery") if labels.gallery is not None else None
+    summary["gallery"] = (
+        {key: described_gallery.get(key) for key in ("per_class", "count", "licence")}
+        if described_gallery
+        else None
+    )
+    if summary["quality_gate"] == "not in model":
+        why = (bundle.meta.get("quality") or {}).get("note") or "trained before the gate"
+        summary["warnings"].append(f"the model has no photo-quality bounds ({why}): not checked")
     specimens = tally.specimen_records()
     summary["regulated_specimens"] = tally.regulated_specimens(specimens)
     if declarations is not None:
@@ -171,9 +189,17 @@ def predict(
     result.species = {name: labels.details(name) for name in summary["per_species"]}
     if writer is not None:
         result.files += writer.finish(result.images, result.specimens, summary)
+    record_file = _record_file(config)
+    sealed = None
+    if record_file is not None:
+        sealed = inspection_record(config, bundle, model, tally, result, declarations is not None)
+        summary["record_sha256"] = sealed["record_sha256"]
     if write_html is not None:
         page = write_html(settings.html, result.images, result.specimens, summary, thumbnails)
         result.files.append(Path(page))
+    if sealed is not None:
+        result.files.append(write_record(record_file, sealed))
+        result.record = sealed
     if interrupted:
         raise PredictInterrupted(result)
     return result
@@ -202,17 +228,23 @@ def _consume(batches: Iterator, handle: Callable[..., None]) -> bool:
 
 
 def _decoder(with_thumbnail: bool, min_side: int, timeout: float) -> Decode:
-    """The decode function of the thread pool: the file read within ``timeout`` seconds, refused
-    when its shorter side is under ``min_side`` (too small to judge), preprocessed; and, for the
-    HTML page, a JPEG thumbnail made from the already decoded (draft-reduced) picture."""
+    """The decode function of the thread pool: the file read within ``timeout`` seconds and
+    hashed (SHA-256 of the bytes read, for the inspection record), refused when its shorter side
+    is under ``min_side`` (too small to judge), preprocessed and measured for the quality gate;
+    and, for the HTML page, a JPEG thumbnail made from the already decoded (draft-reduced)
+    picture."""
 
-    def decode(path: Path, spec: TransformSpec) -> tuple[np.ndarray, bytes | None]:
-        picture, probe = open_image(path, decode_size(spec), timeout)
+    def decode(path: Path, spec: TransformSpec) -> Decoded:
+        data = read_image_bytes(path, timeout)
+        kept: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        picture, probe = decode_image(data, path, decode_size(spec))
         if probe.too_small(min_side):
             size = f"{probe.width}x{probe.height} px"
             raise ImageDecodeError(path, f"too small to judge ({size}; under {min_side} px)")
-        thumbnail = _thumbnail(picture) if with_thumbnail else None
-        return preprocess(np.asarray(picture), spec), thumbnail
+        if with_thumbnail:
+            kept["thumbnail"] = _thumbnail(picture)
+        image, quality = preprocess_measured(np.asarray(picture), spec, probe)
+        return Decoded(image, quality, kept)
 
     return decode
 
@@ -225,6 +257,89 @@ def _thumbnail(picture) -> bytes:
     return buffer.getvalue()
 
 
+# --- the inspection record ------------------------------------------------------------------------
+
+DECISION_KEYS = (
+    "path", "specimen", "status", "verdict", "rank", "taxon", "top", "unknown_score", "flags",
+    "possible_flags", "declared", "decision", "reason",
+)  # fmt: skip
+
+
+def decision_of(record: dict[str, Any]) -> dict[str, Any]:
+    """What the inspection record keeps of an image's record: the answer, its probabilities as
+    written, its flags, the quality gate's reasons and the declaration's decision."""
+    kept = {key: record[key] for key in DECISION_KEYS if key in record}
+    kept["quality_reasons"] = (record.get("quality") or {}).get("reasons") or []
+    return kept
+
+
+def _gate_state(config: Config, gate: QualityGate | None) -> str:
+    if not config.quality.gate:
+        return "off"
+    return "on" if gate is not None else "not in model"
+
+
+def _record_file(config: Config) -> Path | None:
+    """Where the inspection record goes: ``predict.record``, else beside ``out`` (or the HTML
+    page) as ``<stem>.record.json``; None when the run writes no file."""
+    settings = config.predict
+    if settings.record is not None:
+        return Path(settings.record)
+    beside = config.out if config.out is not None else settings.html
+    return record_path(beside) if beside is not None else None
+
+
+def inspection_record(
+    config: Config, bundle: ModelBundle, model, tally: _Tally, result: PredictResult, verify: bool
+) -> dict[str, Any]:
+    """The sealed record of this call (:func:`jianmu.record.build_record`): the inputs processed
+    here with their hashes, the model with its hash and metadata version, the rules and
+    thresholds in force, and every decision."""
+    meta = bundle.meta
+    views = DIHEDRAL_VIEWS if config.predict.tta else 1
+    calibration = bundle.calibration(views)
+    settings = {
+        "top_k": tally.labels.top_k,
+        "tta": config.predict.tta,
+        "views": views,
+        "specimen_pattern": config.predict.specimen_pattern,
+        "unknown_rule": calibration.rule,
+        "species_threshold": tally.labels.threshold,
+        "rank_thresholds": (meta.get("ranks") or {}).get("thresholds", {}).get(str(views)),
+        "max_wrong_rate": (meta.get("ranks") or {}).get("max_wrong_rate"),
+        "quality_gate": result.summary["quality_gate"],
+        "quality_bounds": tally.labels.gate.bounds if tally.labels.gate is not None else None,
+        "min_image_side": bundle.min_image_side,
+        "declared": config.verify.declared,
+        "declarations": str(config.verify.declarations) if config.verify.declarations else None,
+    }
+    export = meta.get("export") or {}
+    model_info = {
+        "format": bundle.kind,
+        "bundle_format": meta.get("format"),
+        "exported": export.get("date"),
+        "classes": bundle.num_classes,
+        "trained_with": {
+            key: meta.get(key) for key in ("jianmu_version", "timm_version", "torch_version")
+        },
+        "manifest_sha256": meta.get("manifest_sha256"),
+    }
+    path = bundle.path if isinstance(model, ModelBundle) else Path(model)
+    summary = {key: value for key, value in result.summary.items() if key != "record_sha256"}
+    return build_record(
+        command="verify" if verify else "predict",
+        model_path=path,
+        model_info=model_info,
+        settings=settings,
+        inputs=tally.inputs,
+        images=tally.decisions,
+        specimens=result.specimens,
+        summary=summary,
+        operator=config.predict.operator,
+        device=config.predict.device,
+    )
+
+
 # --- records --------------------------------------------------------------------------------------
 
 
@@ -234,8 +349,14 @@ def failed_record(image: InputImage, reason: str) -> dict[str, Any]:
         "path": str(image.path), "specimen": image.specimen, "status": reason, "verdict": None,
         "rank": None, "taxon": None, "top": [], "other": None, "unknown_score": None,
         "threshold": None, "species": None, "chinese_name": None, "genus": None, "family": None,
-        "flags": [], "possible_flags": [], "evidence": {},
+        "flags": [], "possible_flags": [], "evidence": {}, "quality": None,
     }  # fmt: skip
+
+
+def retake_record(image: InputImage, quality: dict[str, Any]) -> dict[str, Any]:
+    """The record of a photo the quality gate sends back: ``status: retake``, why in
+    ``quality["reasons"]``, and no answer (never a species)."""
+    return {**failed_record(image, RETAKE), "quality": quality}
 
 
 def decision_summary(specimens: list[dict], images: list[dict]) -> dict[str, Any]:
@@ -283,9 +404,16 @@ class Labels:
     flags (certain, and possible at a genus or family); and the species threshold in force."""
 
     def __init__(
-        self, bundle: ModelBundle, top_k: int, views: int, declarations: Declarations | None = None
+        self,
+        bundle: ModelBundle,
+        top_k: int,
+        views: int,
+        declarations: Declarations | None = None,
+        gate: QualityGate | None = None,
     ) -> None:
         self.declarations = declarations
+        self.gate = gate
+        self.gallery = bundle.gallery
         self.classes = bundle.classes
         self.species = bundle.species
         self.entries = bundle.taxonomy_entries
@@ -299,28 +427,63 @@ class Labels:
         self.rank_flags = hierarchy.get("flags") or {}
         self.lineages = Lineages(self.classes, self.lineage)
 
-    def records(self, batch, todo: list[InputImage], prediction, thumbnails: dict) -> list[dict]:
-        """The records of one batch, in input order; thumbnails of readable images are kept."""
+    def records(
+        self, batch, todo: list[InputImage], prediction, thumbnails: dict, inputs: list[dict]
+    ) -> list[dict]:
+        """The records of one batch, in input order; the thumbnails of readable images are kept,
+        and every input's hash (None: not read) is added to ``inputs``."""
         records = []
+        references = self.references(prediction, thumbnails)
         row = 0  # prediction rows exist for the readable images only
         for position, path in enumerate(batch.paths):
             image = todo[batch.start + position]
+            kept = batch.extras[position] or {}
+            inputs.append(input_entry(path, kept.get("sha256"), kept.get("bytes")))
             if not batch.ok[position]:
                 records.append(self.declare(failed_record(image, batch.errors[position]), image))
                 continue
-            records.append(self.declare(self.record(image, prediction, row), image))
+            measures = batch.quality[position]
+            reasons = self.gate.reasons(measures) if self.gate is not None else []
+            quality = described(measures, reasons)
+            if reasons:
+                records.append(self.declare(retake_record(image, quality), image))
+            else:
+                answer = self.record(image, prediction, row, quality, references[row])
+                records.append(self.declare(answer, image))
             row += 1
-            if batch.extras[position] is not None:
-                thumbnails[str(path)] = batch.extras[position]
+            if "thumbnail" in kept:
+                thumbnails[str(path)] = kept["thumbnail"]
         return records
 
-    def record(self, image: InputImage, prediction: Prediction, row: int) -> dict[str, Any]:
+    def references(self, prediction: Prediction | None, thumbnails: dict) -> list[list]:
+        """Per readable image of a batch and top-k candidate, the bundle's reference photo of
+        that class nearest to the image (``[]`` without a gallery); their JPEGs go to
+        ``thumbnails`` as ``reference:<n>`` for the page."""
+        if prediction is None or self.gallery is None:
+            return [[] for _ in range(0 if prediction is None else len(prediction.probabilities))]
+        candidates = np.stack([top_k(row, self.top_k) for row in prediction.probabilities])
+        found = self.gallery.nearest(prediction.embeddings, candidates)
+        for reference in (ref for row in found for ref in row if ref is not None):
+            thumbnails.setdefault(f"reference:{reference.index}", reference.jpeg)
+        return found
+
+    def record(
+        self,
+        image: InputImage,
+        prediction: Prediction,
+        row: int,
+        quality: dict[str, Any],
+        references: list | None = None,
+    ) -> dict[str, Any]:
         probabilities = prediction.probabilities[row]
         best = top_k(probabilities, self.top_k)
+        references = references or [None] * len(best)
         top = [
             {"class": self.classes[i], "species": self.species[i],
-             "probability": round(float(probabilities[i]), 6)}
-            for i in best
+             "probability": round(float(probabilities[i]), 6),
+             **({"reference": {"photo": ref.source, "index": ref.index,
+                               "distance": ref.distance}} if ref is not None else {})}
+            for i, ref in zip(best, references, strict=True)
         ]  # fmt: skip
         score = float(prediction.scores[row])
         rank, taxon = prediction.rank[row], prediction.taxon[row]
@@ -338,6 +501,7 @@ class Labels:
             "threshold": self.threshold,
             **self.answer(rank, taxon, self.classes[best[0]]),
             "evidence": prediction.evidence[row],
+            "quality": quality,
         }
 
     def answer(self, rank: str | None, taxon: str | None, top_class: str) -> dict[str, Any]:
@@ -424,6 +588,11 @@ class _Tally:
         self.per_species: Counter = Counter()
         self.failures: list[tuple[str, str]] = []
         self.specimens = SpecimenRollup(labels.classes, labels.top_k, labels.lineage)
+        self.inputs: list[dict[str, Any]] = []
+        """Every input processed in this call: path and SHA-256 (for the inspection record)."""
+        self.decisions: list[dict[str, Any]] = []
+        """Every record's decision, compact (for the inspection record)."""
+        self.reasons: Counter = Counter()
 
     def add(self, record: dict[str, Any]) -> None:
         if self.keep_images:
@@ -431,7 +600,14 @@ class _Tally:
         self.counts["images"] += 1
         top = [(entry["class"], entry["probability"]) for entry in record.get("top") or []]
         rank = answer_rank(record)
-        self.specimens.add(record.get("specimen"), top, rank, self.labels.taxon_of(record, rank))
+        retake = record["status"] == RETAKE
+        taxon = self.labels.taxon_of(record, rank)
+        self.specimens.add(record.get("specimen"), top, rank, taxon, retake)
+        self.decisions.append(decision_of(record))
+        if retake:
+            self.counts["retake"] += 1
+            self.reasons.update((record.get("quality") or {}).get("reasons") or [])
+            return
         if record["status"] != "ok":
             self.counts["failed"] += 1
             self.failures.append((record["path"], record["status"]))
@@ -464,6 +640,7 @@ class _Tally:
             "specimen": specimen.specimen,
             "images": specimen.images,
             "ok_images": specimen.ok_images,
+            "retake_images": specimen.retake_images,
             "verdict": specimen.verdict,
             "rank": specimen.rank,
             "taxon": taxon_label(specimen.rank, specimen.taxon),
@@ -499,6 +676,8 @@ class _Tally:
             "images": self.counts["images"],
             "ok": self.counts["ok"],
             "failed": self.counts["failed"],
+            "retake": self.counts["retake"],
+            "retake_reasons": dict(self.reasons.most_common()),
             "identified": self.counts["identified"],
             "unknown": self.counts["unknown"],
             "ranks": {rank: self.counts[f"rank_{rank}"] for rank in (*RANKS, UNKNOWN_RANK)},

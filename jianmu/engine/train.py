@@ -36,6 +36,7 @@ from jianmu.data.dataset import (
     class_balanced_weights,
 )
 from jianmu.data.preprocess import decode_size
+from jianmu.data.quality import fit_quality
 from jianmu.data.spec import TransformSpec
 from jianmu.data.split import write_manifest
 from jianmu.data.transforms import build_train_transform
@@ -196,7 +197,8 @@ def calibrate_best(
     run: RunDir, splits: DataSplits, config: Config, device: torch.device | str = "cpu"
 ) -> TorchBundle:
     """Fit the best checkpoint's calibration (:func:`jianmu.calibration.fit.calibrate`) on the
-    run's own training and validation images, and store it in the checkpoint."""
+    run's own training and validation images, and the photo-quality bounds on the measures of the
+    same training photos (:func:`jianmu.data.quality.fit_quality`); store both in the checkpoint."""
     checkpoint = load_checkpoint(run.best)
     bundle = TorchBundle.from_checkpoint(checkpoint, run.best, device)
     hierarchy = bundle.calibrator.ranks.hierarchy
@@ -207,7 +209,8 @@ def calibrate_best(
     )
     fitted = calibrate(outputs, splits.items, config.calibration, config.seed, hierarchy)
     extras = {name: torch.from_numpy(a) for name, a in fitted.statistics.to_arrays().items()}
-    save_checkpoint(run.best, checkpoint.state_dict, {**checkpoint.meta, **fitted.record}, extras)
+    record = {**fitted.record, "quality": fit_quality(fitted.train_quality, config.quality)}
+    save_checkpoint(run.best, checkpoint.state_dict, {**checkpoint.meta, **record}, extras)
     return bundle
 
 

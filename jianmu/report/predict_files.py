@@ -35,7 +35,7 @@ from jianmu.verdict import RANKS
 FORMATS = (".csv", ".json", ".jsonl")
 HEAD_COLUMNS = ("path", "specimen", "status", "verdict", "rank", "taxon")
 NAME_COLUMNS = ("species", "chinese_name", "genus", "family", "flags", "possible_flags")
-TAIL_COLUMNS = ("other", "unknown_score", "threshold", *NAME_COLUMNS)
+TAIL_COLUMNS = ("other", "unknown_score", "threshold", *NAME_COLUMNS, "quality_reasons")
 EVIDENCE_COLUMNS = tuple(
     f"{rank}_{part}" for rank in RANKS for part in ("candidate", "score", "threshold")
 )
@@ -96,6 +96,8 @@ def to_row(record: dict[str, Any], columns: list[str]) -> list[str]:
             value = found.get("taxon" if evidence.group(2) == "candidate" else evidence.group(2))
         elif column in LIST_COLUMNS:
             value = FLAG_SEPARATOR.join(record.get(column) or [])
+        elif column == "quality_reasons":
+            value = FLAG_SEPARATOR.join((record.get("quality") or {}).get("reasons") or [])
         else:
             value = record.get(column)
         cells.append(_cell(value))
@@ -142,6 +144,11 @@ def from_row(row: dict[str, str]) -> dict[str, Any]:
         "family": row.get("family") or None,
         **{column: _list(row.get(column)) for column in LIST_COLUMNS},
         "evidence": evidence,
+        "quality": (
+            {"reasons": _list(row.get("quality_reasons")), "measures": {}}
+            if row.get("status") in ("ok", "retake") and "quality_reasons" in row
+            else None
+        ),
         **{column: row[column] or None for column in DECISION_COLUMNS if column in row},
     }
 

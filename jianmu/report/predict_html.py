@@ -2,9 +2,12 @@
 
 Written for inspectors: per image the top-3 species with calibrated confidence and an "other" share,
 the verdict (identified, or unknown - refer to lab), the names and the regulatory flags; then the
-specimen roll-up and every file that could not be read. Thumbnails are embedded as data URIs and
-nothing is fetched, so the page opens offline. It stays one plain table (CSS, plus a small inline
-filter script that the page does not need), so thousands of rows remain usable.
+specimen roll-up, one inspection sheet per specimen (decision, photos, candidates beside the
+bundle's nearest reference photos, flags, quality notes, the inspection record's hash; printed one
+sheet per page), and every file that could not be read or was sent back by the quality gate.
+Thumbnails are embedded as data URIs and nothing is fetched, so the page opens offline. It stays
+one plain table (CSS, plus a small inline filter script that the page does not need), so
+thousands of rows remain usable.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jianmu.files import write_text_atomic
-from jianmu.verdict import IDENTIFIED, UNKNOWN
+from jianmu.verdict import IDENTIFIED, RETAKE, RETAKE_PHOTOS, UNKNOWN
 
 FORMAT_NAMES = {
     "onnx": "ONNX bundle",
@@ -62,10 +65,12 @@ def _percent(value: Any) -> str:
 
 
 def _kind(record: Mapping[str, Any]) -> str:
-    """identified | partial (a genus or family answer) | unknown | failed: the CSS class and
-    filter value of an answer."""
+    """identified | partial (a genus or family answer) | unknown | retake (sent back by the
+    quality gate) | failed: the CSS class and filter value of an answer."""
     if record.get("verdict") == IDENTIFIED:
         return "identified"
+    if record.get("status") == RETAKE or record.get("verdict") == RETAKE_PHOTOS:
+        return "retake"
     if record.get("verdict") is None:
         return "failed"
     if record.get("rank") in ("genus", "family"):
@@ -84,7 +89,11 @@ def _verdict(record: Mapping[str, Any], unreadable: str) -> str:
     """The answer badge: the verdict words, or the genus or family answered; the colour repeats
     it."""
     kind = _kind(record)
-    text = {"failed": unreadable, "partial": f"{record.get('taxon')} (species: refer to lab)"}
+    text = {
+        "failed": unreadable,
+        "partial": f"{record.get('taxon')} (species: refer to lab)",
+        "retake": record.get("verdict") or "retake photo",
+    }
     return f'<span class="verdict {kind}">{_e(text.get(kind, record["verdict"]))}</span>'
 
 
@@ -148,6 +157,11 @@ def _bars(record: Mapping[str, Any]) -> str:
     return f'<div class="bars {_kind(record)}">{"".join(lines)}</div>'
 
 
+def _reasons(record: Mapping[str, Any]) -> str:
+    """Why the quality gate sent a photo back: ``blurred, too dark``."""
+    return ", ".join((record.get("quality") or {}).get("reasons") or [])
+
+
 def _thumbnail(path: str, data: bytes | None, unreadable: bool) -> str:
     if not data:
         text = "not readable" if unreadable else "no preview"
@@ -178,8 +192,12 @@ def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
         f"Model {_e(summary.get('model', '?'))} ({_e(model_format)}); "
         f"{_e(summary.get('images', len(images)))} images in {seconds_text} ({speed_text}); "
         f"test-time augmentation {'on' if summary.get('tta') else 'off'}. "
-        "Probabilities are calibrated; “other” is the share of all remaining classes."
+        "Probabilities are calibrated; “other” is the share of all remaining classes. "
+        f"Photo-quality gate: {_e(summary.get('quality_gate', 'off'))}."
     )
+    if summary.get("record_sha256"):
+        about += f' Inspection record <code class="hash">{_e(summary["record_sha256"])}</code>.'
+
     ranks = summary.get("ranks") or {}
     regulated = summary.get("regulated_specimens") or {}
     stats = [
@@ -189,6 +207,7 @@ def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
         (UNKNOWN, ranks.get("unknown", summary.get("unknown", 0)), "unknown", ""),
         ("regulated for sure", summary.get("flagged", 0), "flagged", ""),
         ("possibly regulated", summary.get("possibly_flagged", 0), "possible", ""),
+        ("retake (photo quality)", summary.get("retake", 0), "retake", "#failed"),
         ("could not be read", summary.get("failed", 0), "failed", "#failed"),
     ]
     if regulated:
@@ -268,6 +287,119 @@ def _specimen_section(specimens: list[dict]) -> str:
     )
 
 
+def _sheets_section(
+    images: list[dict],
+    specimens: list[dict],
+    summary: Mapping[str, Any],
+    thumbnails: Mapping[str, bytes],
+) -> str:
+    """One inspection sheet per specimen: what an inspector signs off (printed one per page)."""
+    by_specimen: dict[str, list[dict]] = {}
+    for record in images:
+        if record.get("specimen") is not None:
+            by_specimen.setdefault(record["specimen"], []).append(record)
+    gallery = summary.get("gallery")
+    if gallery:
+        note = (
+            f"Reference photos: the training photo of each candidate nearest to this specimen's "
+            f"photos, from the bundle's gallery ({_e(gallery.get('per_class'))} per class; "
+            f"licence: {_e(gallery.get('licence'))})."
+        )
+    else:
+        note = (
+            "No reference photos: this model bundle carries no gallery "
+            "(<code>jianmu export --gallery N</code>)."
+        )
+    footer = f"Model {_e(summary.get('model', '?'))}"
+    if summary.get("record_sha256"):
+        footer += f' · inspection record <code class="hash">{_e(summary["record_sha256"])}</code>'
+    sheets = [
+        _sheet(number, record, by_specimen.get(record["specimen"], []), thumbnails, footer)
+        for number, record in enumerate(specimens, start=1)
+    ]
+    return "\n".join(
+        [
+            '<section id="sheets"><h2>Inspection sheets</h2>',
+            f'<p class="note gallery-note">{note}</p>',
+            *sheets,
+            "</section>",
+        ]
+    )
+
+
+def _sheet(
+    number: int,
+    specimen: dict,
+    photos: list[dict],
+    thumbnails: Mapping[str, bytes],
+    footer: str,
+) -> str:
+    decision = ""
+    if specimen.get("decision"):
+        decision = (
+            f'<p class="decision"><strong>Declared {_e(specimen.get("declared"))}:</strong> '
+            f"{_e(specimen['decision'])} – {_e(specimen.get('reason') or '')}"
+            + (f"<br><strong>{_e(specimen['consequence'])}</strong>" if specimen.get(
+                "consequence") else "")
+            + "</p>"
+        )  # fmt: skip
+    figures = []
+    notes = []
+    for record in photos:
+        path = str(record["path"])
+        name = path.replace("\\", "/").rsplit("/", 1)[-1]
+        kind = _kind(record)
+        caption = _e(name)
+        if kind == "retake":
+            caption += f'<br><span class="reason">retake: {_e(_reasons(record))}</span>'
+            notes.append(f"{_e(name)}: {_e(_reasons(record))}")
+        elif kind == "failed":
+            caption += f'<br><span class="reason">{_e(record.get("status"))}</span>'
+        figures.append(
+            f"<figure>{_thumbnail(path, thumbnails.get(path), kind == 'failed')}"
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    candidates = []
+    for entry in specimen.get("top") or []:
+        reference = _nearest_reference(photos, entry["class"])
+        picture = '<div class="thumb none">no reference</div>'
+        if reference is not None:
+            data = thumbnails.get(f"reference:{reference['index']}")
+            picture = _thumbnail(reference["photo"], data, False)
+            picture += f'<div class="score">{_e(reference["photo"])}</div>'
+        candidates.append(
+            f"<tr><td>{_name(entry.get('species'), entry['class'])}</td>"
+            f"<td class='number'>{_percent(entry.get('probability'))}</td><td>{picture}</td></tr>"
+        )
+    passed = sum(1 for record in photos if record.get("status") == "ok")
+    quality = f"{passed} of {len(photos)} photo(s) judged."
+    if notes:
+        quality += " Sent back by the quality gate: " + "; ".join(notes) + "."
+    flags = _flags(specimen.get("flags") or [], specimen.get("possible_flags") or []) or "none"
+    return (
+        f'<article class="sheet {_kind(specimen)}" id="sheet-{number}">'
+        f"<h3>Specimen {_e(specimen['specimen'])} {_verdict(specimen, 'no readable image')}</h3>"
+        f"<p>{_taxon(specimen)}</p>{decision}"
+        f'<div class="photos">{"".join(figures)}</div>'
+        '<table class="candidates"><thead><tr><th>candidate</th><th>share</th>'
+        f"<th>nearest reference photo</th></tr></thead><tbody>{''.join(candidates)}</tbody>"
+        f"</table><p><strong>Flags:</strong> {flags}</p>"
+        f'<p class="quality"><strong>Photo quality:</strong> {quality}</p>'
+        f'<footer class="note">{footer}</footer></article>'
+    )
+
+
+def _nearest_reference(photos: list[dict], cls: str) -> dict | None:
+    """The reference photo of class ``cls`` nearest to any of a specimen's photos."""
+    found = [
+        entry["reference"]
+        for record in photos
+        for entry in record.get("top") or []
+        if entry.get("class") == cls and entry.get("reference")
+    ]
+    return min(found, key=lambda reference: reference["distance"]) if found else None
+
+
 def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str]:
     rows = []
     for number, record in enumerate(images, start=1):
@@ -281,6 +413,8 @@ def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str
         verdict = _verdict(record, "could not be read")
         if kind == "failed":
             verdict += f'<div class="reason">{_e(record.get("status", ""))}</div>'
+        elif kind == "retake":
+            verdict += f'<div class="reason">{_e(_reasons(record))}</div>'
         elif (score := _fraction(record.get("unknown_score"))) is not None:
             threshold = _fraction(record.get("threshold"))
             text = f"unknown score {score:.3f}"
@@ -299,7 +433,7 @@ def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str
 
 
 def _image_section(images: list[dict], thumbnails: Mapping[str, bytes]) -> str:
-    kinds = ("identified", "partial", "unknown", "flagged", "possible", "failed")
+    kinds = ("identified", "partial", "unknown", "flagged", "possible", "retake", "failed")
     counts = dict.fromkeys(kinds, 0)
     for record in images:
         counts[_kind(record)] += 1
@@ -311,6 +445,7 @@ def _image_section(images: list[dict], thumbnails: Mapping[str, bytes]) -> str:
         "unknown": UNKNOWN,
         "flagged": "regulated for sure",
         "possible": "possibly regulated",
+        "retake": "retake (photo quality)",
         "failed": "could not be read",
     }
     options = [f'<option value="">all ({len(images)})</option>']
@@ -336,19 +471,20 @@ def _image_section(images: list[dict], thumbnails: Mapping[str, bytes]) -> str:
 
 
 def _failed_section(images: list[dict]) -> str:
-    failed = [record for record in images if _kind(record) == "failed"]
-    parts = ['<section id="failed"><h2>Files that could not be read</h2>']
+    failed = [record for record in images if _kind(record) in ("failed", "retake")]
+    parts = ['<section id="failed"><h2>Files to photograph again or check</h2>']
     if not failed:
-        parts.append("<p>None: every file was read.</p>")
+        parts.append("<p>None: every file was read and passed the quality gate.</p>")
     else:
         parts.append(
-            f"<p>{len(failed)} file(s) could not be read and have no prediction. "
-            "Photograph these again or check the files.</p>"
+            f"<p>{len(failed)} file(s) have no prediction: they could not be read, or the "
+            "quality gate found them not good enough to judge. Photograph these again or check "
+            "the files.</p>"
         )
         rows = [
-            f'<tr class="failed"><td class="file">{_e(record["path"])}</td>'
-            f"<td>{_e(record.get('status', ''))}</td><td>{_e(record.get('specimen') or '–')}</td>"
-            "</tr>"
+            f'<tr class="{_kind(record)}"><td class="file">{_e(record["path"])}</td>'
+            f"<td>{_e(_reasons(record) if _kind(record) == 'retake' else record.get('status'))}"
+            f"</td><td>{_e(record.get('specimen') or '–')}</td></tr>"
             for record in failed
         ]
         parts.append(_table("failed", ["file", "reason", "specimen"], rows))
@@ -411,6 +547,24 @@ tr.failed td { background: #fdf3f3; }
 .bar.other { color: #777; } .bar.other .fill { background: #bdbdbd; }
 .zh { white-space: nowrap; }
 .toolbar { margin: 0.6em 0; } .toolbar input { width: 22em; } #shown { color: #666; }
+.verdict.retake { background: #fff; color: #b71c1c; border: 2px solid #b71c1c; }
+.verdict.retake::before { content: "\\21BB\\00a0"; }
+tr.retake td { background: #fff8e1; } .stat.retake { border-color: #b71c1c; }
+.hash { font-size: 11px; overflow-wrap: anywhere; }
+.sheet { border: 1px solid #bbb; border-radius: 6px; padding: 0.4em 1em 0.8em; margin: 1em 0; }
+.sheet h3 { margin-top: 0.4em; } .sheet.retake { border-color: #b71c1c; }
+.sheet .photos { display: flex; flex-wrap: wrap; gap: 10px; }
+.sheet figure { margin: 0; max-width: 140px; font-size: 11px; overflow-wrap: anywhere; }
+.sheet .candidates { width: auto; } .sheet .candidates .thumb { width: 120px; height: 120px; }
+.sheet footer { font-size: 11px; margin-top: 0.6em; }
+@media print {
+  body { max-width: none; margin: 0; font-size: 11pt; }
+  .toolbar, .with-sheets #images { display: none !important; }
+  th { position: static; }
+  #specimens, #failed { break-before: page; }
+  .sheet { break-inside: avoid; break-after: page; border-color: #000; }
+  .verdict, .flag, .fill { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+}
 """
 
 # Optional: the page reads the same without it (the toolbar stays hidden).
@@ -450,12 +604,14 @@ def _page(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{title}</title><style>{_CSS}</style></head><body>",
+        f"<title>{title}</title><style>{_CSS}</style></head>",
+        '<body class="with-sheets">' if specimens else "<body>",
         f"<h1>{title}</h1>",
         _summary_section(images, summary),
     ]
     if specimens:
         parts.append(_specimen_section(specimens))
+        parts.append(_sheets_section(images, specimens, summary, thumbnails))
     parts += [
         _image_section(images, thumbnails),
         _failed_section(images),
