@@ -16,7 +16,6 @@ not be read ("not found", "zero-byte file", "not an image", "truncated image", "
 
 from __future__ import annotations
 
-import hashlib
 import io
 import signal
 import threading
@@ -44,7 +43,7 @@ from jianmu.data.spec import TransformSpec
 from jianmu.data.stream import Decode, Decoded
 from jianmu.errors import JianmuError
 from jianmu.outputs import Prediction
-from jianmu.record import build_record, input_entry, record_path, write_record
+from jianmu.record import build_record, bytes_sha256, input_entry, record_path, write_record
 from jianmu.report.predict_files import ResultWriter, output_format, read_results
 from jianmu.taxonomy import Declared
 from jianmu.verdict import (
@@ -142,7 +141,8 @@ def predict(
     labels = Labels(bundle, top, views, declarations, gate)
     as_document = out is not None and output_format(out) == ".json"
     keep_images = keep_images or settings.html is not None or as_document
-    tally = _Tally(labels, keep_images)
+    record_file = _record_file(config)
+    tally = _Tally(labels, keep_images, keep_record=record_file is not None)
     for record in previous:
         tally.add(labels.check(record, out))
     writer = None
@@ -157,7 +157,8 @@ def predict(
 
     def record(batch, logits, embeddings) -> None:
         prediction = bundle.predict_outputs(logits, embeddings, views) if len(logits) else None
-        records = labels.records(batch, todo, prediction, thumbnails, tally.inputs)
+        inputs = tally.inputs if tally.keep_record else None
+        records = labels.records(batch, todo, prediction, thumbnails, inputs)
         for each in records:
             tally.add(each)
         if writer is not None:
@@ -189,7 +190,6 @@ def predict(
     result.species = {name: labels.details(name) for name in summary["per_species"]}
     if writer is not None:
         result.files += writer.finish(result.images, result.specimens, summary)
-    record_file = _record_file(config)
     sealed = None
     if record_file is not None:
         sealed = inspection_record(config, bundle, model, tally, result, declarations is not None)
@@ -236,7 +236,7 @@ def _decoder(with_thumbnail: bool, min_side: int, timeout: float) -> Decode:
 
     def decode(path: Path, spec: TransformSpec) -> Decoded:
         data = read_image_bytes(path, timeout)
-        kept: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        kept: dict[str, Any] = {"sha256": bytes_sha256(data), "bytes": len(data)}
         picture, probe = decode_image(data, path, decode_size(spec))
         if probe.too_small(min_side):
             size = f"{probe.width}x{probe.height} px"
@@ -428,17 +428,23 @@ class Labels:
         self.lineages = Lineages(self.classes, self.lineage)
 
     def records(
-        self, batch, todo: list[InputImage], prediction, thumbnails: dict, inputs: list[dict]
+        self,
+        batch,
+        todo: list[InputImage],
+        prediction,
+        thumbnails: dict,
+        inputs: list[dict] | None = None,
     ) -> list[dict]:
         """The records of one batch, in input order; the thumbnails of readable images are kept,
-        and every input's hash (None: not read) is added to ``inputs``."""
+        and every input's hash (None: not read) is added to ``inputs`` when given."""
         records = []
         references = self.references(prediction, thumbnails)
         row = 0  # prediction rows exist for the readable images only
         for position, path in enumerate(batch.paths):
             image = todo[batch.start + position]
             kept = batch.extras[position] or {}
-            inputs.append(input_entry(path, kept.get("sha256"), kept.get("bytes")))
+            if inputs is not None:
+                inputs.append(input_entry(path, kept.get("sha256"), kept.get("bytes")))
             if not batch.ok[position]:
                 records.append(self.declare(failed_record(image, batch.errors[position]), image))
                 continue
@@ -580,8 +586,9 @@ class Labels:
 class _Tally:
     """Counts for the summary and the specimen roll-up, updated one record at a time."""
 
-    def __init__(self, labels: Labels, keep_images: bool) -> None:
+    def __init__(self, labels: Labels, keep_images: bool, keep_record: bool = False) -> None:
         self.labels = labels
+        self.keep_record = keep_record
         self.images: list[dict[str, Any]] = []
         self.keep_images = keep_images
         self.counts: Counter = Counter()
@@ -589,9 +596,10 @@ class _Tally:
         self.failures: list[tuple[str, str]] = []
         self.specimens = SpecimenRollup(labels.classes, labels.top_k, labels.lineage)
         self.inputs: list[dict[str, Any]] = []
-        """Every input processed in this call: path and SHA-256 (for the inspection record)."""
+        """Every input processed in this call: path and SHA-256 (kept for the inspection record
+        only when one is written, like :attr:`decisions`)."""
         self.decisions: list[dict[str, Any]] = []
-        """Every record's decision, compact (for the inspection record)."""
+        """Every record's decision, compact."""
         self.reasons: Counter = Counter()
 
     def add(self, record: dict[str, Any]) -> None:
@@ -603,7 +611,8 @@ class _Tally:
         retake = record["status"] == RETAKE
         taxon = self.labels.taxon_of(record, rank)
         self.specimens.add(record.get("specimen"), top, rank, taxon, retake)
-        self.decisions.append(decision_of(record))
+        if self.keep_record:
+            self.decisions.append(decision_of(record))
         if retake:
             self.counts["retake"] += 1
             self.reasons.update((record.get("quality") or {}).get("reasons") or [])
