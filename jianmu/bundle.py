@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from jianmu.calibration.apply import Calibration, Calibrator
+from jianmu.calibration.extend import ClassMap, network_outputs
 from jianmu.calibration.scores import FeatureStatistics
 from jianmu.config import DataConfig
 from jianmu.data.images import READ_TIMEOUT
@@ -81,6 +82,8 @@ class ModelBundle:
         self.spec = TransformSpec.from_dict(meta["preprocessing"])
         self.statistics = FeatureStatistics.from_arrays(statistics)
         self.calibrator = Calibrator(meta, self.statistics)
+        self.class_map = ClassMap.from_meta(meta)
+        """Classes added or removed after training (``jianmu add-species``); None: as trained."""
 
     @property
     def classes(self) -> list[str]:
@@ -145,15 +148,42 @@ class ModelBundle:
         """Logits (N x C) and embeddings (N x D) of a preprocessed N x 3 x H x W float32 batch."""
         raise NotImplementedError
 
+    @property
+    def extended(self) -> dict[str, Any] | None:
+        """What was added to or removed from the model after training, with its provenance
+        (``jianmu add-species``); None for a model as trained."""
+        return self.meta.get("extension")
+
+    def extension_summary(self) -> dict[str, Any] | None:
+        """Which classes were added after training and which removed, from which base model
+        (its SHA-256) and when: what predict shows for an extended model; None for one as
+        trained."""
+        if self.class_map is None:
+            return None
+        history = self.extended.get("history") or [{}]
+        return {
+            "added": self.classes[len(self.class_map.keep) :],
+            "removed": [name for step in history for name in step.get("removed", [])],
+            "base_sha256": (history[0].get("base") or {}).get("sha256"),
+            "steps": len(history),
+            "date": history[-1].get("date"),
+        }
+
     def outputs(self, batch: np.ndarray, views: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`forward` averaged over the first ``views`` dihedral views (1 = as is)."""
+        """The model's logits and embeddings of a batch: :meth:`forward` averaged over the first
+        ``views`` dihedral views (1 = as is), then mapped to the model's classes when classes
+        were added or removed (:class:`~jianmu.calibration.extend.ClassMap`)."""
         if not 1 <= views <= DIHEDRAL_VIEWS:
             raise JianmuError(f"views must be 1..{DIHEDRAL_VIEWS}, got {views}")
         logits, embeddings = self.forward(batch)
         for view in range(1, views):
             more_logits, more_embeddings = self.forward(dihedral(batch, view))
             logits, embeddings = logits + more_logits, embeddings + more_embeddings
-        return logits / views, embeddings / views
+        logits, embeddings = logits / views, embeddings / views
+        if self.class_map is not None:
+            temperature = self.calibration(views).temperature
+            logits = self.class_map.apply(logits, embeddings, self.statistics, temperature)
+        return logits, embeddings
 
     def stream(
         self,
@@ -235,10 +265,11 @@ class ModelBundle:
         return self.predict(batch, views).probabilities
 
     def _check_output_size(self, size: Any) -> None:
-        if isinstance(size, int) and size != self.num_classes:
+        expected = network_outputs(self.meta)
+        if isinstance(size, int) and size != expected:
             raise JianmuError(
                 f"{self.path}: refused: the model outputs {size} classes but its metadata lists "
-                f"{self.num_classes}"
+                f"{expected}"
             )
 
     def __repr__(self) -> str:
@@ -258,6 +289,22 @@ def encode_statistics(statistics: dict[str, np.ndarray]) -> bytes:
 
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in statistics.items()}
     return save(arrays) if arrays else b""
+
+
+def set_onnx_metadata(
+    proto: Any, meta: dict[str, Any], statistics: dict[str, np.ndarray], gallery: bytes = b""
+) -> None:
+    """Replace an ONNX bundle's metadata (``proto``: an ``onnx.ModelProto``): the JSON document,
+    the open-set statistics and the reference gallery's blob (when there is one)."""
+    del proto.metadata_props[:]
+    document = json.dumps(meta, ensure_ascii=False, default=str)
+    blob = base64.b64encode(encode_statistics(statistics)).decode("ascii")
+    properties = [(META_KEY, document), (STATISTICS_KEY, blob)]
+    if gallery:
+        properties.append((GALLERY_KEY, base64.b64encode(gallery).decode("ascii")))
+    for key, value in properties:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def decode_statistics(blob: bytes, where: str | Path) -> dict[str, np.ndarray]:

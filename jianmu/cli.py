@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from jianmu.config import DOMAINS, load_config
@@ -35,7 +36,9 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except JianmuError as error:
-            error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # escaped: a message may hold brackets (pip install 'jianmu[tracking]', --set a=[b])
+            message = f"[bold red]error:[/] {escape(str(error))}"
+            error_console.print(message, highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
 
@@ -396,6 +399,69 @@ def eval_command(
     console.print(eval_summary(evaluate(config, model)))
 
 
+# --- compare -------------------------------------------------------------------------------------
+
+
+@app.command("compare")
+def compare_command(
+    old: Annotated[
+        Path,
+        typer.Argument(metavar="OLD_MODEL", help="the model in use: run folder, checkpoint, .onnx"),
+    ],
+    new: Annotated[
+        Path, typer.Argument(metavar="NEW_MODEL", help="the candidate, in any of those forms")
+    ],
+    data: Annotated[Path | None, typer.Option("--data", help="dataset root (data.root)")] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="the frozen split manifest CSV (data.manifest)"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="train | val | test (eval.split; default test)")
+    ] = None,
+    unknown: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--unknown",
+            help="a folder of class folders of species neither model knows, for unknown "
+            "rejection (repeatable)",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="folder for compare.json/.md and both eval reports (out; default: runs/compare)",
+        ),
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Release gate: evaluate OLD and NEW on the same frozen split, side by side, and name every
+    figure of NEW that regressed beyond its tolerance (compare.tolerances; README, 'Release gate').
+
+    Exit codes: 0 no regression; 1 a figure regressed (each one named); 2 bad input.
+    """
+    config = load_config(
+        config_path, overrides or [], data__root=data, data__manifest=manifest,
+        eval__split=split, out=out,
+    )  # fmt: skip
+    from jianmu.engine.compare import compare
+    from jianmu.report.compare_report import COMPARE_JSON, compare_table
+
+    result = compare(config, old, new, unknown or [])
+    console.print(compare_table(result))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    folder = result.files[COMPARE_JSON].parent
+    console.print(f"compare.json, compare.md and both eval reports in {folder}", highlight=False)
+    for message in result.regressions:
+        error_console.print(f"[bold red]regression:[/] {message}", highlight=False, soft_wrap=True)
+    if not result.ok:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
 # --- predict -------------------------------------------------------------------------------------
 
 EXIT_INTERRUPTED = 130
@@ -605,6 +671,81 @@ def _classify(run, show_images: bool):
     return result
 
 
+# --- review and import ---------------------------------------------------------------------------
+
+
+@app.command("review")
+def review_command(
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PREDICTIONS", help="a predict or verify output: .csv, .jsonl or .json"
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="folder for review.html and review.csv (default: review/ beside PREDICTIONS)",
+        ),
+    ] = None,
+    domain: DomainOption = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Write the lab's review queue: a self-contained page and a CSV of the specimens that need
+    an expert (unknown, genus or family only, low margin, declaration not borne out), each with
+    its photos, candidates and reasons, and a form that saves the expert's names as a CSV.
+
+    The review: settings choose what is sent (--set review.max_margin=0.3; review.reasons
+    lists the reasons that count). Exit codes: 0 written (also when nothing needs review); 2 user
+    error.
+    """
+    config = load_config(config_path, overrides or [], out=out, data__domain=domain)
+    from jianmu.engine.review import review
+    from jianmu.report.review_page import review_renderables
+
+    for renderable in review_renderables(review(config, predictions)):
+        console.print(renderable, highlight=False, soft_wrap=True)
+
+
+@data_app.command("import")
+def data_import(
+    reviewed: Annotated[
+        Path,
+        typer.Argument(
+            metavar="REVIEWED", help="review CSV with reviewed_taxon and reviewer filled in"
+        ),
+    ],
+    into: Annotated[Path, typer.Option("--into", help="dataset folder: ROOT/<class>/<images>")],
+    domain: DomainOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="check and show what would be copied; copy nothing")
+    ] = False,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Copy the photos an expert named into the dataset's class folders (never moved, never over
+    a file), a specimen whole or not at all, and log each in ROOT/IMPORTS.jsonl.
+
+    Names are matched through the taxonomy (synonyms, trade and Chinese names); photos already in
+    the dataset (same bytes, or a near-duplicate perceptual hash) are refused. Exit codes: 0 every
+    named specimen imported (or imported before); 1 some refused (the rest imported); 2 user error.
+    """
+    config = _data_config(config_path, overrides, domain)
+    from jianmu.data.importer import import_reviewed
+    from jianmu.report.console import progress_callback
+    from jianmu.report.review_page import import_renderables
+
+    with progress_callback(console, "hashing the dataset") as progress:
+        result = import_reviewed(config, reviewed, into, dry_run=dry_run, progress=progress)
+    for renderable in import_renderables(result):
+        console.print(renderable, highlight=False, soft_wrap=True)
+    if not result.ok:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
 # --- record --------------------------------------------------------------------------------------
 
 EXIT_RECORD_CHANGED = 5
@@ -698,6 +839,37 @@ def export_command(
         count = result.meta["gallery"]["count"]
         added = f"+{result.gallery_bytes / 1e6:.2f} MB"
         console.print(f"reference gallery: {count} photos ({added})", highlight=False)
+    for warning in result.warnings:
+        error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+@app.command("add-species")
+def add_species_command(
+    model: Annotated[Path, typer.Argument(help="ONNX bundle, run folder or checkpoint")],
+    folders: Annotated[
+        list[Path] | None,
+        typer.Argument(help="class folders of the species to add (photos, or specimen folders)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="the new model (.onnx / .safetensors)")
+    ] = None,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", help="a class to drop (repeatable)")
+    ] = None,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Add species to a model without retraining (the network stays frozen), or remove some.
+
+    Exit codes: 0 written; 2 bad input or the check failed (nothing written).
+    """
+    config = load_config(config_path, overrides or [], out=out)
+    from jianmu.engine.add_species import add_species
+    from jianmu.report.console import add_species_lines
+
+    result = add_species(config, model, folders or [], remove or [])
+    for line in add_species_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
     for warning in result.warnings:
         error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 

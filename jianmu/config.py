@@ -128,6 +128,10 @@ class ModelConfig(_Strict):
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
+# What a training run can also log to (jianmu.engine.tracking), besides its run folder.
+TrainLogger = Literal["tensorboard", "mlflow"]
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -152,6 +156,20 @@ class TrainConfig(_Strict):
     workers: int = Field(default=2, ge=0)
     deterministic: bool = False
     quiet: bool = False
+    loggers: list[TrainLogger] = Field(
+        default=[],
+        description="also log the run to TensorBoard (<run>/tensorboard/) and/or MLflow (the "
+        "resolved config as params, metrics per epoch, the run folder's files except the "
+        "weights); needs pip install 'jianmu[tracking]'",
+    )
+    mlflow_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (sqlite:///..., http://...); default: "
+        "sqlite:///<the folder holding the run folder>/mlflow.db, shared by the runs there",
+    )
+    mlflow_experiment: str | None = Field(
+        default=None, description="MLflow experiment; default: jianmu-<data.domain>"
+    )
 
 
 class CalibrationConfig(_Strict):
@@ -275,6 +293,114 @@ class BenchConfig(_Strict):
     update_baseline: bool = Field(default=False, description="rewrite the suite's baseline")
 
 
+class CompareTolerances(_Strict):
+    """How far each figure of NEW may move from OLD's in ``jianmu compare`` (the rules of a bench
+    suite's tolerances: max_drop, max_rise, min_ratio, max_ratio, min_value, max_value). Shares
+    are fractions (0.01 = 1 point). A figure's rules are replaced as a whole
+    (``--set compare.tolerances.top1.max_drop=0.02``); ``null`` reports it without judging it."""
+
+    top1: dict[str, Any] | None = Field(
+        default={"max_drop": 0.01}, description="overall top-1 may drop by 1 point"
+    )
+    macro_f1: dict[str, Any] | None = Field(
+        default={"max_drop": 0.01}, description="macro-F1 may drop by 0.01"
+    )
+    class_recall: dict[str, Any] | None = Field(
+        default={"max_drop": 0.05},
+        description="each class's recall (top-1 on its images) may drop by 5 points",
+    )
+    specimen_top1: dict[str, Any] | None = Field(
+        default={"max_drop": 0.02}, description="specimen-level top-1 may drop by 2 points"
+    )
+    ece: dict[str, Any] | None = Field(
+        default={"max_rise": 0.02}, description="calibrated ECE may rise by 0.02"
+    )
+    unknown_rejection: dict[str, Any] | None = Field(
+        default={"max_drop": 0.03},
+        description="share of unknown-species images not answered wrong (unknown, or a right "
+        "genus/family) may drop by 3 points",
+    )
+    known_flagged_unknown: dict[str, Any] | None = Field(
+        default=None, description="share of known images the unknown rule flags (not judged)"
+    )
+    ranks_species: dict[str, Any] | None = Field(
+        default=None, description="share answered at species rank (not judged)"
+    )
+    ranks_genus: dict[str, Any] | None = Field(
+        default=None, description="share answered at genus rank (not judged)"
+    )
+    ranks_family: dict[str, Any] | None = Field(
+        default=None, description="share answered at family rank (not judged)"
+    )
+    ranks_unknown: dict[str, Any] | None = Field(
+        default=None, description="share answered 'unknown - refer to lab' (not judged)"
+    )
+    ranks_wrong: dict[str, Any] | None = Field(
+        default={"max_rise": 0.01}, description="share answered wrong at any rank may rise 1 point"
+    )
+    ranks_deepest_right: dict[str, Any] | None = Field(
+        default={"max_drop": 0.03},
+        description="share given the deepest right answer the classes allow may drop 3 points",
+    )
+    images_per_s: dict[str, Any] | None = Field(
+        default={"min_ratio": 0.8}, description="speed may fall to 0.8 of OLD's"
+    )
+
+
+class CompareConfig(_Strict):
+    """``jianmu compare OLD NEW``: the release gate's tolerances and speed measurement."""
+
+    tolerances: CompareTolerances = CompareTolerances()
+    count_floor: int = Field(
+        default=1,
+        ge=0,
+        description="a share measured on n images (specimens) may always move by this many of "
+        "them: max_drop/max_rise become at least count_floor / n, so one image more or less on a "
+        "small class or test set is not a regression (0: off)",
+    )
+    speed_seconds: float = Field(
+        default=2.0, gt=0, description="images/s: time each model is run for, at least"
+    )
+    speed_rounds: int = Field(
+        default=3,
+        ge=1,
+        description="images/s: runs of each model, at least; runs alternate OLD and NEW and each "
+        "model's fastest counts (a busy machine only slows runs down)",
+    )
+    speed_images: int = Field(
+        default=64, ge=1, description="images/s: evaluated images per run (repeated when fewer)"
+    )
+
+
+# Why `jianmu review` sends a photo to the expert (jianmu.engine.review says each in words).
+ReviewReason = Literal["unknown", "above_species", "low_margin", "declaration"]
+REVIEW_REASONS: tuple[str, ...] = get_args(ReviewReason)
+
+
+class ReviewConfig(_Strict):
+    """What ``jianmu review`` puts before the lab's expert, and what ``jianmu data import``
+    refuses. A specimen goes to review when one of its readable photos (or the specimen's own
+    roll-up) has a reason in ``reasons``."""
+
+    reasons: list[ReviewReason] = Field(
+        default=list(REVIEW_REASONS),
+        description="unknown: 'unknown - refer to lab'; above_species: answered at the genus or "
+        "family only; low_margin: top-1 leads top-2 by less than max_margin; declaration: "
+        "inconsistent with, or cannot decide, the declared name (verify)",
+    )
+    max_margin: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="low_margin: top-1 minus top-2 calibrated probability below this (0: off)",
+    )
+    refuse_near_duplicates: bool = Field(
+        default=True,
+        description="data import: refuse a photo within data.near_duplicate_distance (perceptual "
+        "hash) of one in the data set, as well as exact copies",
+    )
+
+
 class Config(_Strict):
     """Everything a command needs. ``train.epochs`` in YAML is ``--set train.epochs=`` here too.
 
@@ -295,6 +421,8 @@ class Config(_Strict):
     predict: PredictConfig = PredictConfig()
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
+    compare: CompareConfig = CompareConfig()
+    review: ReviewConfig = ReviewConfig()
 
     def updated(self, overrides: list[str] | tuple[str, ...] = (), **options: Any) -> Config:
         """A copy with ``overrides`` (``a.b=v``) and ``options`` (``a__b=v``) applied, validated."""
@@ -319,6 +447,12 @@ class BenchData(_Strict):
     )
     hold_out: list[str] | None = Field(
         default=None, description="leave_species_out: the class folders held out (default all)"
+    )
+    compare_with: Path | None = Field(
+        default=None,
+        description="a model (committed or local; relative to the repo) the one trained here must "
+        "not regress against: jianmu compare on the test split, regressions in the verdict; a "
+        "missing file is noted and skipped",
     )
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from jianmu.calibration.extend import network_outputs
 from jianmu.config import ModelConfig
 from jianmu.data.spec import TransformSpec, resolve_transform_spec
 from jianmu.errors import JianmuError
@@ -138,7 +139,7 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """Recreate the model from the checkpoint alone and load its weights."""
-        model = timm.create_model(self.meta["model_name"], num_classes=len(self.classes))
+        model = timm.create_model(self.meta["model_name"], num_classes=network_outputs(self.meta))
         model.load_state_dict(self.state_dict)
         return model.eval()
 

@@ -126,6 +126,13 @@ def input_entry(path: str | Path, sha256: str | None, size: int | None) -> dict[
     return {"path": str(path), "abs": str(Path(path).resolve()), "sha256": sha256, "bytes": size}
 
 
+def upload_entry(name: str, sha256: str | None, size: int | None) -> dict[str, Any]:
+    """One input that came as bytes, not as a file (``jianmu serve``): ``name`` is the client's
+    label, never looked up on this machine, so ``abs`` is None (:func:`check_record` then looks
+    for the photo by ``name`` beside the record)."""
+    return {"path": name, "abs": None, "sha256": sha256, "bytes": size}
+
+
 def build_record(
     *,
     command: str,
@@ -140,6 +147,7 @@ def build_record(
     device: str | None = None,
     created: dt.datetime | str | None = None,
     host: str | None = None,
+    model_hash: str | None = None,
 ) -> dict[str, Any]:
     """The sealed record of a run (see :func:`seal`); hashes the model (the inputs come hashed).
 
@@ -151,6 +159,8 @@ def build_record(
         settings: the thresholds and rules in force.
         inputs: one :func:`input_entry` per input file.
         created: when the run was (default: now); a naive datetime is taken as UTC.
+        model_hash: the model's :func:`model_sha256`, when already known (a server hashes its
+            models once, not per request).
     """
     if command not in COMMANDS:
         raise ValueError(f"command {command!r}: expected one of {COMMANDS}")
@@ -168,7 +178,7 @@ def build_record(
             **model_info,
             "path": str(model_path),
             "abs": str(model_path.resolve()),
-            "sha256": model_sha256(model_path),
+            "sha256": model_hash or model_sha256(model_path),
         },
         "settings": settings,
         "inputs": inputs,
@@ -199,6 +209,11 @@ def seal(content: Mapping[str, Any]) -> dict[str, Any]:
     """
     plain = _plain({key: value for key, value in content.items() if key != HASH_KEY})
     return {**plain, HASH_KEY: _content_sha256(plain)}
+
+
+def json_data(value: Any) -> Any:
+    """``value`` as plain JSON data, as :func:`seal` converts it (NaN and infinities: None)."""
+    return _plain(value)
 
 
 def _content_sha256(content: Mapping[str, Any], allow_nan: bool = False) -> str:

@@ -30,6 +30,7 @@ class RunDir:
     state = _file("last.state.pt", ": optimizer, scheduler, EMA and RNG state for --resume")
     test_metrics = _file("test_metrics.json", ": the best checkpoint on the test split")
     summary = _file("summary.json", ": a finished cross-validation fold's summary")
+    tensorboard = _file("tensorboard", ": TensorBoard event files (train.loggers: [tensorboard])")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

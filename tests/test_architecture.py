@@ -44,7 +44,10 @@ ONNX_PREDICT_PATH = (
     "jianmu.bundle",
     "jianmu.calibration.apply",
     "jianmu.engine.verify",
+    "jianmu.engine.add_species",  # extending an ONNX bundle needs no torch either
 )
+# The lab's review loop (`jianmu review`, `jianmu data import`) starts as light.
+REVIEW_PATH = ("jianmu.engine.review", "jianmu.report.review_page", "jianmu.data.importer")
 
 
 def module_name(path: Path) -> str:
@@ -188,7 +191,7 @@ def test_albumentations_is_imported_in_one_module():
     assert importers == ["data/transforms.py"]
 
 
-@pytest.mark.parametrize("module", ONNX_PREDICT_PATH)
+@pytest.mark.parametrize("module", (*ONNX_PREDICT_PATH, *REVIEW_PATH))
 def test_the_onnx_predict_path_imports_no_heavy_library(module):
     """An inspector's laptop runs an ONNX bundle with numpy, OpenCV and onnxruntime only
     (tests/test_predict.py runs the whole command the same way)."""

@@ -232,7 +232,7 @@ def test_names_are_escaped_and_every_file_is_listed(page):
 
 # --- the page in a browser ------------------------------------------------------------------------
 
-_RENDER = r"""
+BROWSER_PAGE = r"""
 import sys
 try:
     from PyQt6.QtCore import QTimer, QUrl
@@ -250,18 +250,29 @@ class Page(QWebEnginePage):
 
 app = QApplication(sys.argv[:1])
 page = Page()
+"""
+"""A headless QtWebEngine page (``page``, console messages printed): the start of every browser
+driver script the page tests run."""
 
+_RENDER = (
+    BROWSER_PAGE
+    + r"""
 
 def report(result):
+    if result == "pending":  # the probe waits for the page (a server's answer): ask again
+        QTimer.singleShot(100, lambda: page.runJavaScript(sys.argv[2], report))
+        return
     print("RESULT", result, flush=True)
     app.quit()
 
 
 page.loadFinished.connect(lambda ok: page.runJavaScript(sys.argv[2], report) if ok else report(""))
-page.load(QUrl.fromLocalFile(sys.argv[1]))
+target = sys.argv[1]  # a file, or a page served over HTTP
+page.load(QUrl(target) if "://" in target else QUrl.fromLocalFile(target))
 QTimer.singleShot(90_000, app.quit)
 app.exec()
 """
+)
 
 _PROBE = r"""
 (() => {
@@ -318,8 +329,10 @@ _PROBE = r"""
 """
 
 
-def _render(page: Path) -> tuple[dict, list[str]]:
-    """The probe's result and the page's console messages, or a skip without a browser."""
+def _render(page: Path | str, probe: str = _PROBE) -> tuple[dict, list[str]]:
+    """The probe's result and the page's console messages, or a skip without a browser. ``page``
+    is a file or a URL; a probe that returns ``"pending"`` is run again 100 ms later (the page is
+    still waiting for something), until the 90 s limit."""
     env = {
         **os.environ,
         "QT_QPA_PLATFORM": "offscreen",
@@ -327,7 +340,7 @@ def _render(page: Path) -> tuple[dict, list[str]]:
         "QTWEBENGINE_CHROMIUM_FLAGS": "--disable-gpu --disable-logging",
     }
     process = subprocess.run(
-        [sys.executable, "-c", _RENDER, str(page), _PROBE],
+        [sys.executable, "-c", _RENDER, str(page), probe],
         capture_output=True,
         text=True,
         env=env,

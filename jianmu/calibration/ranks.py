@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jianmu.calibration.scores import FeatureStatistics, softmax
+from jianmu.calibration.scores import FeatureStatistics, softmax, squared_distances
 
 RANKS = ("species", "genus", "family")
 UNKNOWN_RANK = "unknown"
@@ -110,10 +110,9 @@ def class_scores(
         return softmax(logits, temperature)
     if rule not in RANKED_RULES or statistics is None or statistics.mahalanobis is None:
         return None
-    scores = -_distances(statistics.mahalanobis.means, statistics.mahalanobis.precision, embeddings)
+    scores = -np.sqrt(squared_distances(statistics.mahalanobis, embeddings))
     if rule == "relative_mahalanobis" and statistics.background is not None:
-        background = statistics.background
-        scores += _distances(background.means, background.precision, embeddings)[:, :1]
+        scores += np.sqrt(squared_distances(statistics.background, embeddings))[:, :1]
     return scores
 
 
@@ -122,9 +121,12 @@ def rank_scores(
     probabilities: np.ndarray,
     hierarchy: Hierarchy,
     alive: np.ndarray | None = None,
+    species_margin: np.ndarray | None = None,
 ) -> RankScores:
     """Candidate taxa and their scores at every rank (see the module docstring); ``alive`` leaves
-    classes out, as calibration does to stand in for species the model never saw."""
+    classes out, as calibration does to stand in for species the model never saw;
+    ``species_margin`` (K, >= 0, inf: never) is taken off each class's score at the species rank
+    alone (species added without retraining, :mod:`jianmu.calibration.extend`)."""
     if alive is not None:
         scores = np.where(alive[None, :], scores, -np.inf)
         probabilities = np.where(alive[None, :], probabilities, 0.0)
@@ -135,7 +137,8 @@ def rank_scores(
         if rank == "species":
             top = probabilities.argmax(1)
             taxa[rank] = hierarchy.member[rank][top]
-            best[rank] = scores.max(1)
+            margin = 0.0 if species_margin is None else species_margin[None, :]
+            best[rank] = (scores - margin).max(1)
             continue
         if matrix.any(0).sum() < 2:
             # no class has a taxon at this rank, or all share one: a model that never learned
@@ -173,6 +176,7 @@ class RankRule:
         self.thresholds = (meta.get("ranks") or {}).get("thresholds") or {}
         self.rule = (meta.get("unknown") or {}).get("rule")
         self.statistics = statistics
+        self.species_margin = species_margins(meta)
 
     @property
     def fitted(self) -> bool:
@@ -197,7 +201,7 @@ class RankRule:
         if not self.fitted or thresholds is None:
             return None
         scores = class_scores(self.statistics, self.rule, logits, embeddings, temperature)
-        scored = rank_scores(scores, probabilities, self.hierarchy)
+        scored = rank_scores(scores, probabilities, self.hierarchy, None, self.species_margin)
         answers = decide(scored, thresholds)
         result = RankAnswers([], [], [])
         for row, position in enumerate(answers):
@@ -223,17 +227,18 @@ class RankRule:
         return self.hierarchy.names[rank][index] if index >= 0 else None
 
 
+def species_margins(meta: dict[str, Any]) -> np.ndarray | None:
+    """Per class, what its score must exceed the species threshold by (0 for the classes the
+    network was trained on; an added class's own margin, inf when it has none), or None for a
+    model as trained."""
+    extension = meta.get("extension")
+    if not extension or not extension.get("added"):
+        return None
+    margins = np.zeros(len(meta["classes"]))
+    added = extension.get("species_margin") or [None] * int(extension["added"])
+    margins[len(margins) - len(added) :] = [np.inf if m is None else float(m) for m in added]
+    return margins
+
+
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
-
-
-def _distances(means: np.ndarray, precision: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """N x K Mahalanobis distances of ``features`` to each mean, with a shared precision."""
-    features = np.asarray(features, dtype=np.float64)
-    projected = features @ precision
-    squared = (
-        (projected * features).sum(axis=1)[:, None]
-        - 2 * projected @ means.T
-        + ((means @ precision) * means).sum(axis=1)[None, :]
-    )
-    return np.sqrt(np.clip(squared, 0, None))

@@ -61,7 +61,7 @@ def score_energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Negative energy, ``T * logsumexp(logits / T)`` per row (Liu et al., 2020)."""
     if temperature <= 0:
         raise JianmuError(f"temperature must be positive, got {temperature}")
-    return temperature * _logsumexp(as_matrix(logits, "logits") / temperature)
+    return temperature * logsumexp_rows(as_matrix(logits, "logits") / temperature)
 
 
 def score_mahalanobis(model: MahalanobisModel, features: np.ndarray) -> np.ndarray:
@@ -69,13 +69,20 @@ def score_mahalanobis(model: MahalanobisModel, features: np.ndarray) -> np.ndarr
     features = as_matrix(features, "features")
     if features.shape[1] != model.means.shape[1]:
         raise JianmuError(f"features have {features.shape[1]} dims, model {model.means.shape[1]}")
+    return -np.sqrt(squared_distances(model, features).min(axis=1))
+
+
+def squared_distances(model: MahalanobisModel, features: np.ndarray) -> np.ndarray:
+    """N x K squared Mahalanobis distances of ``features`` to each mean, with the shared
+    precision."""
+    features = np.asarray(features, dtype=np.float64)
     projected = features @ model.precision
     squared = (
         (projected * features).sum(axis=1)[:, None]
         - 2 * projected @ model.means.T
         + ((model.means @ model.precision) * model.means).sum(axis=1)[None, :]
     )
-    return -np.sqrt(np.clip(squared.min(axis=1), 0, None))
+    return np.clip(squared, 0, None)
 
 
 def score_knn(model: KnnModel, features: np.ndarray, k: int = KNN_K) -> np.ndarray:
@@ -191,6 +198,8 @@ def l2_normalize(rows: np.ndarray) -> np.ndarray:
     return rows / np.maximum(norms, np.finfo(rows.dtype).tiny)
 
 
-def _logsumexp(values: np.ndarray) -> np.ndarray:
+def logsumexp_rows(values: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(row)))`` of each row, computed stably (numpy only: no scipy on the ONNX
+    path)."""
     top = values.max(axis=1, keepdims=True)
     return (top + np.log(np.exp(values - top).sum(axis=1, keepdims=True)))[:, 0]

@@ -38,6 +38,11 @@ class DatasetFiles:
     """Symbolic links that lead nowhere: a missing target or a loop (never followed)."""
 
 
+IMPORTS_LOG = "IMPORTS.jsonl"
+"""The data set's provenance log of imported photos (``jianmu data import``), at its root: part of
+the data set, not a stray file."""
+
+
 def natural_key(text: str) -> list[int | str]:
     """Sort key that orders embedded numbers by value: "2-x" < "10-x"."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text.lower())]
@@ -78,7 +83,11 @@ def find_dataset(
     classes = find_class_folders(root)
     suffixes = {_normalize_extension(extension) for extension in extensions}
     pattern = compile_specimen_pattern(specimen_pattern)
-    skipped = [root / entry.name for entry in _entries(root) if not _is_dir(entry)]
+    skipped = [
+        root / entry.name
+        for entry in _entries(root)
+        if not _is_dir(entry) and entry.name != IMPORTS_LOG
+    ]
     samples: list[Sample] = []
     for label in classes:
         for relative in walk_files(root / label):

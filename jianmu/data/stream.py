@@ -86,7 +86,8 @@ def stream_batches(
             chunk = [Path(p) for p in itertools.islice(iterator, batch_size)]
             if not chunk:
                 return False
-            pending.append((start, chunk, [pool.submit(_safe, decode, p, spec) for p in chunk]))
+            futures = [pool.submit(decode_safely, decode, p, spec) for p in chunk]
+            pending.append((start, chunk, futures))
             start += len(chunk)
             return True
 
@@ -96,26 +97,39 @@ def stream_batches(
         while pending:
             first, chunk, futures = pending.popleft()
             submit()
-            results = [future.result() for future in futures]
-            ok = np.array([error is None for _, error in results], dtype=bool)
-            images = [done.image for done, error in results if error is None]
-            size = spec.input_size
-            yield Batch(
-                first,
-                chunk,
-                np.stack(images) if images else np.zeros((0, 3, size, size), np.float32),
-                ok,
-                {i: error for i, (_, error) in enumerate(results) if error is not None},
-                [done.extra if done else None for done, _ in results],
-                np.stack([done.quality if done else unmeasured() for done, _ in results]),
-            )
+            yield collect_batch(first, chunk, [future.result() for future in futures], spec)
+
+
+def collect_batch(
+    start: int,
+    paths: list[Path],
+    results: list[tuple[Decoded | None, str | None]],
+    spec: TransformSpec,
+) -> Batch:
+    """The :class:`Batch` of ``paths`` from their :func:`decode_safely` results."""
+    ok = np.array([error is None for _, error in results], dtype=bool)
+    images = [done.image for done, error in results if error is None]
+    size = spec.input_size
+    return Batch(
+        start,
+        paths,
+        np.stack(images) if images else np.zeros((0, 3, size, size), np.float32),
+        ok,
+        {i: error for i, (_, error) in enumerate(results) if error is not None},
+        [done.extra if done else None for done, _ in results],
+        np.stack([done.quality if done else unmeasured() for done, _ in results]),
+    )
 
 
 def _decode(path: Path, spec: TransformSpec, timeout: float | None) -> Decoded:
     return Decoded(*load_preprocessed(path, spec, timeout))
 
 
-def _safe(decode, path: Path, spec: TransformSpec) -> tuple[Decoded | None, str | None]:
+def decode_safely(
+    decode: Decode, path: Path, spec: TransformSpec
+) -> tuple[Decoded | None, str | None]:
+    """``(decoded, None)``, or ``(None, reason)`` for a file that cannot be decoded: one bad file
+    never stops a batch (nor a server's request)."""
     try:
         return decode(path, spec), None
     except ImageDecodeError as error:

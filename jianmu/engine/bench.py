@@ -1,5 +1,6 @@
 """``jianmu bench SUITE``: train, evaluate, export and predict on fixed data, record accuracy and
-speed figures, and compare them with a committed baseline.
+speed figures, and compare them with a committed baseline; a data set's ``compare_with`` model
+also goes through the release gate (:mod:`jianmu.engine.compare`) against the model trained.
 
 Absolute speeds differ between machines, so the judged speed figures are ratios to a reference
 measured in the same run (end-to-end predict / model-only onnxruntime, onnxruntime / PyTorch,
@@ -44,6 +45,8 @@ from jianmu.engine.baseline import (
     load_baseline,
     write_baseline,
 )
+from jianmu.engine.compare import compare as compare_models
+from jianmu.engine.compare import judge
 from jianmu.engine.evaluate import evaluate
 from jianmu.engine.export import export
 from jianmu.engine.predict import predict
@@ -117,8 +120,10 @@ def bench(config: Config, suite: str | Path, reporter: Any = None) -> BenchResul
     out = Path(config.out) if config.out is not None else Path("runs") / "bench" / spec.name
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, float] = {}
+    gates: list[Comparison] = []
+    notes: list[str] = []
     for data in spec.data:
-        figures |= _run_data(spec, data, path, out / data.name, reporter)
+        figures |= _run_data(spec, data, path, out / data.name, reporter, gates, notes)
     record = {
         "suite": spec.name,
         "figures": figures,
@@ -128,11 +133,13 @@ def bench(config: Config, suite: str | Path, reporter: Any = None) -> BenchResul
         "seeds": {"seed": spec.seed},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.perf_counter() - started, 1),
+        "notes": notes,
     }
     baseline_path = _resolve(spec.baseline)
     baseline = load_baseline(baseline_path)
     tolerances = build_tolerances(spec.tolerances, source=f"{path}: tolerances")
     comparison = compare(figures, baseline and baseline["figures"], tolerances)
+    comparison = Comparison(comparison.rows + [row for gate in gates for row in gate.rows])
     record["comparison"] = comparison.to_dict()
     write_text_atomic(out / "bench.json", json.dumps(record, indent=2, default=_json_default))
     write_text_atomic(out / "bench.md", bench_markdown(record, comparison))
@@ -141,8 +148,11 @@ def bench(config: Config, suite: str | Path, reporter: Any = None) -> BenchResul
     return BenchResult(spec.name, out, record, comparison, time.perf_counter() - started)
 
 
-def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, reporter):
-    """Train, evaluate, export (ONNX, int8) and predict one data set, as the commands do."""
+def _run_data(
+    suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, reporter, gates, notes
+):
+    """Train, evaluate, export (ONNX, int8) and predict one data set, as the commands do; the
+    release gate's verdict against ``compare_with`` goes to ``gates`` (or why not, to ``notes``)."""
     prefix = f"{data.name}."
     if data.synthetic is not None:
         root = out / "data"
@@ -177,6 +187,9 @@ def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, r
         figures |= {
             f"eval.ranks.{key}": report["ranks"][key] for key in (*RANKS, UNKNOWN_RANK, "wrong")
         }
+    gate = release_gate(tested.updated(out=out / "compare"), data, run.path, notes)
+    if gate is not None:
+        gates.append(gate)
     onnx_path = out / bundle_name("model", "onnx")
     onnx = export(config.updated(out=onnx_path, export__format="onnx"), run.path)
     figures |= {
@@ -200,6 +213,24 @@ def _run_data(suite: BenchSuite, data: BenchData, suite_path: Path, out: Path, r
         paths = [path for path, _ in tests]
         figures |= _speed_figures(run.path, bundles, paths, suite, figures, out)
     return {prefix + name: float(value) for name, value in figures.items()}
+
+
+def release_gate(config: Config, data: BenchData, model: Path, notes: list[str]):
+    """``jianmu compare`` of the data set's ``compare_with`` model (OLD) against ``model`` (NEW)
+    on ``config``'s split, its figures named ``<data>.compare.<figure>``. None without
+    ``compare_with``; None and a line in ``notes`` when its file is absent."""
+    if data.compare_with is None:
+        return None
+    old = _resolve(data.compare_with)
+    if not old.exists():
+        notes.append(
+            f"{data.name}: compare_with {data.compare_with} not found; release gate skipped"
+        )
+        return None
+    result = compare_models(config, old, model)
+    notes.extend(f"{data.name}: compare: {note}" for note in result.notes)
+    old_figures, new_figures = result.figures["old"], result.figures["new"]
+    return judge(old_figures, new_figures, result.tolerances, prefix=f"{data.name}.compare.")
 
 
 def _leave_species_out_figures(config: Config, data: BenchData, out: Path, reporter):
@@ -328,6 +359,7 @@ def bench_markdown(record: dict[str, Any], comparison: Comparison) -> str:
         "",
         comparison_markdown(comparison),
     ]
+    lines += [f"- note: {note}" for note in record.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,6 @@ predict compares queries with), as small JPEGs with the data set's licence note.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import tempfile
@@ -36,11 +35,8 @@ import torch
 import jianmu
 from jianmu.bundle import (
     BUNDLE_FORMAT,
-    GALLERY_KEY,
     INPUT_NAME,
-    META_KEY,
     OUTPUT_NAMES,
-    STATISTICS_KEY,
     TORCHSCRIPT_GALLERY,
     TORCHSCRIPT_META,
     TORCHSCRIPT_STATISTICS,
@@ -48,8 +44,10 @@ from jianmu.bundle import (
     OnnxBundle,
     TorchBundle,
     encode_statistics,
+    set_onnx_metadata,
     taxonomy_entries,
 )
+from jianmu.calibration.extend import network_outputs
 from jianmu.calibration.fit import calibrate, seeded_subset, settings_of
 from jianmu.calibration.scores import FeatureStatistics
 from jianmu.config import IMAGE_EXTENSIONS, Config, ExportConfig
@@ -103,6 +101,12 @@ def export(config: Config, model: str | Path) -> ExportResult:
     started = time.perf_counter()
     model = Path(model)
     checkpoint = load_checkpoint(model)
+    if settings.int8 and checkpoint.meta.get("extension"):
+        raise JianmuError(
+            f"{model}: species were added to this checkpoint after training; int8 calibration "
+            f"needs training photos of every class: export the base model with --int8 and add "
+            f"the species to that bundle (jianmu add-species model.int8.onnx ...)"
+        )
     out = Path(config.out or default_bundle_path(model, settings.format, settings.int8))
     root = _data_root(checkpoint, config.data.root)
     items = _items(model, checkpoint, root, config.data.manifest)
@@ -121,7 +125,7 @@ def export(config: Config, model: str | Path) -> ExportResult:
         proto = _onnx_proto(
             _quantize(fp32, items["train"], checkpoint, settings) if settings.int8 else fp32
         )
-        _set_metadata(proto, meta, statistics)
+        set_onnx_metadata(proto, meta, statistics)
         bundle: ModelBundle = OnnxBundle(out, model=proto.SerializeToString())
     else:
         traced = _trace(module, checkpoint)
@@ -141,7 +145,7 @@ def export(config: Config, model: str | Path) -> ExportResult:
     if gallery is not None:
         meta["gallery"] = {**gallery.describe(), "bytes": len(blob)}
     if settings.format == "onnx":
-        _set_metadata(proto, meta, statistics, blob)  # now with the parity figures
+        set_onnx_metadata(proto, meta, statistics, blob)  # now with the parity figures
         atomic_write(out, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
     else:
         extra = {
@@ -203,7 +207,7 @@ def _bundle_meta(checkpoint: Checkpoint, source, config: ExportConfig) -> dict[s
         "format": config.format,
         "int8": config.int8,
         "opset": config.opset if config.format == "onnx" else None,
-        "num_outputs": len(checkpoint.classes),
+        "num_outputs": network_outputs(checkpoint.meta),
         "source": str(source),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "jianmu_version": jianmu.__version__,
@@ -249,22 +253,6 @@ def _onnx_proto(model_bytes: bytes):
     proto = onnx.load_from_string(model_bytes)
     proto.producer_name, proto.producer_version = "jianmu", jianmu.__version__
     return proto
-
-
-def _set_metadata(
-    proto, meta: dict[str, Any], statistics: dict[str, np.ndarray], gallery: bytes = b""
-) -> None:
-    """Replace the bundle's metadata: the JSON document, the open-set statistics and the
-    reference gallery's blob (when there is one)."""
-    del proto.metadata_props[:]
-    document = json.dumps(meta, ensure_ascii=False, default=str)
-    blob = base64.b64encode(encode_statistics(statistics)).decode("ascii")
-    properties = [(META_KEY, document), (STATISTICS_KEY, blob)]
-    if gallery:
-        properties.append((GALLERY_KEY, base64.b64encode(gallery).decode("ascii")))
-    for key, value in properties:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
 
 
 def _gallery(bundle: ModelBundle, items: list, root: Path | None, config: Config) -> Gallery:

@@ -43,11 +43,17 @@ class ExportCheckError(JianmuError):
 def reference_logits(module: nn.Module, spec: TransformSpec, items: list[Item]) -> dict:
     """PyTorch fp32 logits on the independent reference path (albumentations + DataLoader)."""
     dataset = TolerantImageDataset(items, build_spec_transform(spec), decode_size(spec))
-    logits, ok = [], []
+    logits, embeddings, ok = [], [], []
     for images, _, good in DataLoader(dataset, batch_size=32, num_workers=0):
-        logits.append(module(images)[0].float().numpy())
+        outputs = module(images)
+        logits.append(outputs[0].float().numpy())
+        embeddings.append(outputs[1].float().flatten(1).numpy())
         ok.append(good.numpy())
-    return {"logits": np.concatenate(logits), "ok": np.concatenate(ok).astype(bool)}
+    return {
+        "logits": np.concatenate(logits),
+        "embeddings": np.concatenate(embeddings),
+        "ok": np.concatenate(ok).astype(bool),
+    }
 
 
 @torch.inference_mode()
@@ -61,6 +67,10 @@ def measure_parity(
     if not ok.any():
         raise JianmuError("none of the validation images could be read for the parity check")
     ours, theirs = reference["logits"][ok], exported.logits[ok]
+    if bundle.class_map is not None:  # classes added after training: the same mapping on both
+        temperature = bundle.calibration().temperature
+        embeddings = reference["embeddings"][ok]
+        ours = bundle.class_map.apply(ours, embeddings, bundle.statistics, temperature)
     targets = exported.targets[ok]
     size = bundle.spec.input_size
     noise = np.random.default_rng(0).standard_normal((RANDOM_BATCH, 3, size, size))

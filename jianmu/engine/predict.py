@@ -40,7 +40,7 @@ from jianmu.data.preprocess import DIHEDRAL_VIEWS, decode_size, preprocess_measu
 from jianmu.data.quality import QualityGate, described
 from jianmu.data.samples import class_index
 from jianmu.data.spec import TransformSpec
-from jianmu.data.stream import Decode, Decoded
+from jianmu.data.stream import Batch, Decode, Decoded
 from jianmu.errors import JianmuError
 from jianmu.outputs import Prediction
 from jianmu.record import build_record, bytes_sha256, input_entry, record_path, write_record
@@ -135,10 +135,8 @@ def predict(
     done = {path_key(record["path"]) for record in previous}
     todo = [image for image in found.images if path_key(image.path) not in done]
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
-    views = DIHEDRAL_VIEWS if settings.tta else 1
-    gate = bundle.quality_gate if config.quality.gate else None
-    top = max(1, min(settings.top_k, bundle.num_classes))
-    labels = Labels(bundle, top, views, declarations, gate)
+    labels = build_labels(config, bundle, declarations)
+    views = labels.views
     as_document = out is not None and output_format(out) == ".json"
     keep_images = keep_images or settings.html is not None or as_document
     record_file = _record_file(config)
@@ -169,25 +167,11 @@ def predict(
     if progress:
         progress(0, len(todo))
     interrupted = _consume(batches, record)
-    summary = tally.summary(bundle, model, time.perf_counter() - started, len(todo), views)
-    summary |= {"skipped": found.skipped, "resumed": len(previous), "interrupted": interrupted}
-    summary["quality_gate"] = _gate_state(config, gate)
-    described_gallery = bundle.meta.get("gallery") if labels.gallery is not None else None
-    summary["gallery"] = (
-        {key: described_gallery.get(key) for key in ("per_class", "count", "licence")}
-        if described_gallery
-        else None
-    )
-    if summary["quality_gate"] == "not in model":
-        why = (bundle.meta.get("quality") or {}).get("note") or "trained before the gate"
-        summary["warnings"].append(f"the model has no photo-quality bounds ({why}): not checked")
-    specimens = tally.specimen_records()
-    summary["regulated_specimens"] = tally.regulated_specimens(specimens)
-    if declarations is not None:
-        summary |= decision_summary(specimens, tally.images)
-    result = PredictResult(tally.images, specimens, summary, tally.failures)
+    seconds = time.perf_counter() - started
+    counts = {"skipped": found.skipped, "resumed": len(previous), "interrupted": interrupted}
+    result = conclude(config, bundle, model, tally, seconds, len(todo), counts)
     result.interrupted = interrupted
-    result.species = {name: labels.details(name) for name in summary["per_species"]}
+    summary = result.summary
     if writer is not None:
         result.files += writer.finish(result.images, result.specimens, summary)
     sealed = None
@@ -202,6 +186,79 @@ def predict(
         result.record = sealed
     if interrupted:
         raise PredictInterrupted(result)
+    return result
+
+
+def build_labels(
+    config: Config, bundle: ModelBundle, declarations: Declarations | None = None
+) -> Labels:
+    """What the records of ``bundle`` say, as the settings say: ``predict.top_k``, the views of
+    ``predict.tta`` and the quality gate when ``quality.gate`` is on."""
+    views = DIHEDRAL_VIEWS if config.predict.tta else 1
+    gate = bundle.quality_gate if config.quality.gate else None
+    top = max(1, min(config.predict.top_k, bundle.num_classes))
+    return Labels(bundle, top, views, declarations, gate)
+
+
+def conclude(
+    config: Config,
+    bundle: ModelBundle,
+    model: str | Path | ModelBundle,
+    tally: _Tally,
+    seconds: float,
+    processed: int,
+    counts: dict[str, Any],
+) -> PredictResult:
+    """The result of the records tallied: the specimen roll-ups and the summary (``counts`` of the
+    caller's own, the quality gate, the gallery, warnings, regulated specimens, and the
+    declaration decisions when verifying). ``jianmu predict`` and ``jianmu serve`` end alike."""
+    labels = tally.labels
+    summary = tally.summary(bundle, model, seconds, processed, labels.views)
+    summary |= counts
+    summary["quality_gate"] = _gate_state(config, labels.gate)
+    described_gallery = bundle.meta.get("gallery") if labels.gallery is not None else None
+    summary["gallery"] = (
+        {key: described_gallery.get(key) for key in ("per_class", "count", "licence")}
+        if described_gallery
+        else None
+    )
+    if summary["quality_gate"] == "not in model":
+        why = (bundle.meta.get("quality") or {}).get("note") or "trained before the gate"
+        summary["warnings"].append(f"the model has no photo-quality bounds ({why}): not checked")
+    specimens = tally.specimen_records()
+    summary["regulated_specimens"] = tally.regulated_specimens(specimens)
+    if labels.declarations is not None:
+        summary |= decision_summary(specimens, tally.images)
+    result = PredictResult(tally.images, specimens, summary, tally.failures)
+    result.species = {name: labels.details(name) for name in summary["per_species"]}
+    return result
+
+
+def judge(
+    config: Config,
+    bundle: ModelBundle,
+    labels: Labels,
+    decoded: tuple[Batch, np.ndarray, np.ndarray],
+    images: list[InputImage],
+    inputs: list[dict[str, Any]],
+    thumbnails: dict[str, bytes],
+    model_hash: str | None = None,
+    seconds: float = 0.0,
+) -> PredictResult:
+    """The photos of one batch (``decoded``: the batch and the model's logits and embeddings of
+    its readable photos) judged and concluded as :func:`predict` judges a run, with the sealed
+    inspection record of them (``inputs``: their record entries): one request of ``jianmu
+    serve``. Nothing is written."""
+    batch, logits, embeddings = decoded
+    tally = _Tally(labels, keep_images=True, keep_record=True)
+    prediction = bundle.predict_outputs(logits, embeddings, labels.views) if len(logits) else None
+    for record in labels.records(batch, images, prediction, thumbnails):
+        tally.add(record)
+    tally.inputs = inputs
+    result = conclude(config, bundle, bundle, tally, seconds, len(images), {})
+    verifying = labels.declarations is not None
+    result.record = inspection_record(config, bundle, bundle, tally, result, verifying, model_hash)
+    result.summary["record_sha256"] = result.record["record_sha256"]
     return result
 
 
@@ -235,21 +292,32 @@ def _decoder(with_thumbnail: bool, min_side: int, timeout: float) -> Decode:
     picture."""
 
     def decode(path: Path, spec: TransformSpec) -> Decoded:
-        data = read_image_bytes(path, timeout)
-        kept: dict[str, Any] = {"sha256": bytes_sha256(data), "bytes": len(data)}
-        picture, probe = decode_image(data, path, decode_size(spec))
-        if probe.too_small(min_side):
-            size = f"{probe.width}x{probe.height} px"
-            raise ImageDecodeError(path, f"too small to judge ({size}; under {min_side} px)")
-        if with_thumbnail:
-            kept["thumbnail"] = _thumbnail(picture)
-        image, quality = preprocess_measured(np.asarray(picture), spec, probe)
-        return Decoded(image, quality, kept)
+        return decode_photo(read_image_bytes(path, timeout), path, spec, min_side, with_thumbnail)
 
     return decode
 
 
-def _thumbnail(picture) -> bytes:
+def decode_photo(
+    data: bytes, name: Path, spec: TransformSpec, min_side: int, with_thumbnail: bool = False
+) -> Decoded:
+    """A photo's bytes (read from a file, or received by ``jianmu serve``) hashed, decoded,
+    refused when too small to judge, preprocessed and measured; ``name`` only names it in errors.
+
+    Raises:
+        ImageDecodeError: zero bytes, not an image, truncated, too large, too small to judge.
+    """
+    kept: dict[str, Any] = {"sha256": bytes_sha256(data), "bytes": len(data)}
+    picture, probe = decode_image(data, name, decode_size(spec))
+    if probe.too_small(min_side):
+        size = f"{probe.width}x{probe.height} px"
+        raise ImageDecodeError(name, f"too small to judge ({size}; under {min_side} px)")
+    if with_thumbnail:
+        kept["thumbnail"] = thumbnail_jpeg(picture)
+    image, quality = preprocess_measured(np.asarray(picture), spec, probe)
+    return Decoded(image, quality, kept)
+
+
+def thumbnail_jpeg(picture) -> bytes:
     small = picture.copy()
     small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buffer = io.BytesIO()
@@ -289,27 +357,39 @@ def _record_file(config: Config) -> Path | None:
     return record_path(beside) if beside is not None else None
 
 
+def rule_settings(config: Config, bundle: ModelBundle, labels: Labels) -> dict[str, Any]:
+    """The rules and thresholds a model's answers are given by, as the settings say."""
+    ranks = bundle.meta.get("ranks") or {}
+    return {
+        "top_k": labels.top_k,
+        "tta": config.predict.tta,
+        "views": labels.views,
+        "unknown_rule": bundle.calibration(labels.views).rule,
+        "species_threshold": labels.threshold,
+        "rank_thresholds": ranks.get("thresholds", {}).get(str(labels.views)),
+        "max_wrong_rate": ranks.get("max_wrong_rate"),
+        "quality_gate": _gate_state(config, labels.gate),
+        "quality_bounds": labels.gate.bounds if labels.gate is not None else None,
+        "min_image_side": bundle.min_image_side,
+    }
+
+
 def inspection_record(
-    config: Config, bundle: ModelBundle, model, tally: _Tally, result: PredictResult, verify: bool
+    config: Config,
+    bundle: ModelBundle,
+    model,
+    tally: _Tally,
+    result: PredictResult,
+    verify: bool,
+    model_hash: str | None = None,
 ) -> dict[str, Any]:
     """The sealed record of this call (:func:`jianmu.record.build_record`): the inputs processed
-    here with their hashes, the model with its hash and metadata version, the rules and
-    thresholds in force, and every decision."""
+    here with their hashes, the model with its hash (``model_hash`` when already known) and
+    metadata version, the rules and thresholds in force, and every decision."""
     meta = bundle.meta
-    views = DIHEDRAL_VIEWS if config.predict.tta else 1
-    calibration = bundle.calibration(views)
     settings = {
-        "top_k": tally.labels.top_k,
-        "tta": config.predict.tta,
-        "views": views,
+        **rule_settings(config, bundle, tally.labels),
         "specimen_pattern": config.predict.specimen_pattern,
-        "unknown_rule": calibration.rule,
-        "species_threshold": tally.labels.threshold,
-        "rank_thresholds": (meta.get("ranks") or {}).get("thresholds", {}).get(str(views)),
-        "max_wrong_rate": (meta.get("ranks") or {}).get("max_wrong_rate"),
-        "quality_gate": result.summary["quality_gate"],
-        "quality_bounds": tally.labels.gate.bounds if tally.labels.gate is not None else None,
-        "min_image_side": bundle.min_image_side,
         "declared": config.verify.declared,
         "declarations": str(config.verify.declarations) if config.verify.declarations else None,
     }
@@ -323,6 +403,7 @@ def inspection_record(
             key: meta.get(key) for key in ("jianmu_version", "timm_version", "torch_version")
         },
         "manifest_sha256": meta.get("manifest_sha256"),
+        "extended": bundle.extension_summary(),
     }
     path = bundle.path if isinstance(model, ModelBundle) else Path(model)
     summary = {key: value for key, value in result.summary.items() if key != "record_sha256"}
@@ -337,6 +418,7 @@ def inspection_record(
         summary=summary,
         operator=config.predict.operator,
         device=config.predict.device,
+        model_hash=model_hash,
     )
 
 
@@ -413,6 +495,7 @@ class Labels:
     ) -> None:
         self.declarations = declarations
         self.gate = gate
+        self.views = views
         self.gallery = bundle.gallery
         self.classes = bundle.classes
         self.species = bundle.species
@@ -675,6 +758,12 @@ class _Tally:
         """The summary of the whole output; speed is of the files processed in this call."""
         calibration = bundle.calibration(views)
         warnings = []
+        if bundle.class_map is not None and bundle.class_map.added:
+            added = bundle.classes[len(bundle.class_map.keep) :]
+            warnings.append(
+                f"extended model: {len(added)} species added without retraining "
+                f"({', '.join(added[:5])}{', ...' if len(added) > 5 else ''})"
+            )
         if calibration.rule is None:
             warnings.append("the model has no unknown-species rule: no image goes to the lab")
         elif not calibration.exact:
@@ -699,6 +788,7 @@ class _Tally:
             "tta": views > 1,
             "top_k": self.labels.top_k,
             "threshold": self.labels.threshold,
+            "extended": bundle.extension_summary(),
             "warnings": warnings,
         }
 

@@ -51,6 +51,7 @@ from jianmu.engine.runtime import (
     use_deterministic,
 )
 from jianmu.engine.splits import DataSplits, load_splits
+from jianmu.engine.tracking import Trackers, check_loggers, open_trackers
 from jianmu.errors import JianmuError
 from jianmu.files import atomic_write
 from jianmu.metrics import macro_f1, topk_accuracy
@@ -139,6 +140,7 @@ def train(
             missing = RunDir(resume).state.name
             raise JianmuError(f"{resume}: nothing to resume (no {missing} from a jianmu run)")
         config = load_config(RunDir(resume).config)
+    check_loggers(config.train.loggers)  # a missing library fails here, before anything is written
     use_deterministic(config.train.deterministic)
     seed_everything(config.seed)
     splits = load_splits(config)  # bad data fails here, before a run folder is made
@@ -158,38 +160,43 @@ def train(
     trained = _wrap_ddp(model, runtime)
     best = _best_row(history, config.train.monitor)
     earlier_s = history[-1]["time_s"] if history else 0.0  # time_s counts across resumes
-    for epoch in range(len(history), config.train.epochs):
-        seed_everything(config.seed * 1000 + epoch * 10 + runtime.rank)
-        loaders["train"].sampler.set_epoch(epoch)
-        if runtime.distributed and epoch == 0:
-            _record_shard(run, loaders["train"].sampler, runtime)
-        reporter.start_epoch(epoch, config.train.epochs, len(loaders["train"]))
-        row = train_one_epoch(
-            trained, loaders["train"], stepper, loss_fn, runtime.device, amp_dtype, mixup, reporter
-        )
-        row = {"epoch": epoch + 1, **row, "lr": stepper.optimizer.param_groups[0]["lr"]}
-        weights = _validate(model, stepper.ema, loaders["val"], runtime.device, amp_dtype, row)
-        row["time_s"] = round(earlier_s + time.perf_counter() - started, 2)
-        history.append(row)
-        if best is None or _better(row, best, config.train.monitor):
-            best = row
+    trackers = open_trackers(config, run, resume is not None) if runtime.is_main else Trackers()
+    with trackers:  # an MLflow run of a failed training ends FAILED, not "running"
+        for epoch in range(len(history), config.train.epochs):
+            seed_everything(config.seed * 1000 + epoch * 10 + runtime.rank)
+            loaders["train"].sampler.set_epoch(epoch)
+            if runtime.distributed and epoch == 0:
+                _record_shard(run, loaders["train"].sampler, runtime)
+            reporter.start_epoch(epoch, config.train.epochs, len(loaders["train"]))
+            row = train_one_epoch(
+                trained, loaders["train"], stepper, loss_fn, runtime.device, amp_dtype, mixup,
+                reporter,
+            )  # fmt: skip
+            row = {"epoch": epoch + 1, **row, "lr": stepper.optimizer.param_groups[0]["lr"]}
+            weights = _validate(model, stepper.ema, loaders["val"], runtime.device, amp_dtype, row)
+            row["time_s"] = round(earlier_s + time.perf_counter() - started, 2)
+            history.append(row)
+            if best is None or _better(row, best, config.train.monitor):
+                best = row
+                if runtime.is_main:
+                    save_checkpoint(run.best, weights, {**meta, **_summary(row)})
             if runtime.is_main:
-                save_checkpoint(run.best, weights, {**meta, **_summary(row)})
+                _save_last(run, model, weights, stepper, history, meta)
+            trackers.log_epoch(row)
+            reporter.end_epoch(row)
+            if _should_stop(history, best, config.train.early_stopping_patience):
+                break
+        _barrier(runtime)
+        test_metrics = None
         if runtime.is_main:
-            _save_last(run, model, weights, stepper, history, meta)
-        reporter.end_epoch(row)
-        if _should_stop(history, best, config.train.early_stopping_patience):
-            break
-    _barrier(runtime)
-    test_metrics = None
-    if runtime.is_main:
-        bundle = calibrate_best(run, splits, config, runtime.device)
-        test_metrics = _test_best(run, bundle, splits.items["test"])
-        plot_curves(history, run.curves)
+            bundle = calibrate_best(run, splits, config, runtime.device)
+            test_metrics = _test_best(run, bundle, splits.items["test"])
+            plot_curves(history, run.curves)
+        trackers.log_end(run, {**(test_metrics or {}), "best_epoch": best["epoch"]}, best["epoch"])
     stopped = len(history) < config.train.epochs
     return TrainResult(
         run.path, splits.classes, best["epoch"], _summary(best), test_metrics, history,
-        stopped, time.perf_counter() - started, splits.warnings,
+        stopped, time.perf_counter() - started, splits.warnings + trackers.warnings,
     )  # fmt: skip
 
 

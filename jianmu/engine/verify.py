@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jianmu.bundle import ModelBundle, load_model
 from jianmu.config import Config
-from jianmu.data.declarations import load_declarations
+from jianmu.data.declarations import Declarations, load_declarations
 from jianmu.engine.predict import PredictResult, Progress, predict
 from jianmu.taxonomy import Lineage, load_taxonomy
 from jianmu.verdict import CANNOT_DECIDE, INCONSISTENT, Lineages
@@ -39,16 +39,19 @@ def verify(
             (before any photo is read); and what :func:`~jianmu.engine.predict.predict` raises.
     """
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    declarations = model_declarations(bundle, config.verify.declared, config.verify.declarations)
+    return predict(config, bundle, inputs, progress, keep_images, declarations)
+
+
+def model_declarations(
+    bundle: ModelBundle, declared: str | None, path: str | Path | None
+) -> Declarations:
+    """``declared`` (one name for all) or the CSV ``path``, every name matched in the taxonomy of
+    the model's domain and against its classes (see :func:`load_declarations`)."""
     domain = (bundle.meta.get("taxonomy") or {}).get("domain")
     lineages = Lineages(bundle.classes, (bundle.meta.get("hierarchy") or {}).get("lineage"))
     classes = {name: Lineage(**found) for name, found in lineages.of_class.items()}
-    declarations = load_declarations(
-        config.verify.declared,
-        config.verify.declarations,
-        load_taxonomy(domain) if domain else None,
-        classes,
-    )
-    return predict(config, bundle, inputs, progress, keep_images, declarations)
+    return load_declarations(declared, path, load_taxonomy(domain) if domain else None, classes)
 
 
 def exit_code(result: PredictResult) -> int:

@@ -391,6 +391,29 @@ def export_table(parity: dict) -> Table:
     return table
 
 
+def add_species_lines(result) -> list[str]:
+    """What ``jianmu add-species`` did (an :class:`~jianmu.engine.add_species.AddSpeciesResult`)."""
+    lines = []
+    for each in result.added:
+        named = each.name if each.species in (None, each.name) else f"{each.name} ({each.species})"
+        lines.append(
+            f"added {named}: {len(each.photos)} photos, {len(set(each.specimens))} specimens"
+        )
+    lines += [f"removed {name}" for name in result.removed]
+    check = result.check
+    if check.get("photos"):
+        lines.append(
+            f"check on the {check['photos']} added photos: kept logits equal to the base "
+            f"(max diff {check['kept_max_abs_logit_diff']:.2g}), known classes in the same order "
+            f"{check['known_order_agreement']:.0%}, given photos answered as their class "
+            f"{check['added_top1_on_given_photos']:.0%}"
+        )
+    lines.append(
+        f"wrote {result.path} ({result.classes} classes, {result.form}, {result.seconds:.1f} s)"
+    )
+    return lines
+
+
 # --- predict --------------------------------------------------------------------------------------
 
 _FAILED_SHOWN = 20

@@ -48,7 +48,7 @@ def write_predict_html(
     return write_text_atomic(path, page)
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -59,7 +59,7 @@ def _fraction(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _percent(value: Any) -> str:
+def percent_text(value: Any) -> str:
     fraction = _fraction(value)
     return "–" if fraction is None else f"{fraction:.1%}"
 
@@ -85,7 +85,7 @@ def _regulated(record: Mapping[str, Any]) -> str:
     return "possible" if record.get("possible_flags") else ""
 
 
-def _verdict(record: Mapping[str, Any], unreadable: str) -> str:
+def verdict_html(record: Mapping[str, Any], unreadable: str) -> str:
     """The answer badge: the verdict words, or the genus or family answered; the colour repeats
     it."""
     kind = _kind(record)
@@ -94,23 +94,23 @@ def _verdict(record: Mapping[str, Any], unreadable: str) -> str:
         "partial": f"{record.get('taxon')} (species: refer to lab)",
         "retake": record.get("verdict") or "retake photo",
     }
-    return f'<span class="verdict {kind}">{_e(text.get(kind, record["verdict"]))}</span>'
+    return f'<span class="verdict {kind}">{esc(text.get(kind, record["verdict"]))}</span>'
 
 
 def _flags(flags: list[str], possible: list[str] | None = None) -> str:
     spans = []
     for flag in flags:
         kind = "cites" if flag.startswith("CITES") else "quarantine" if "quarantine" in flag else ""
-        spans.append(f'<span class="flag {kind}">{_e(flag)}</span>')
-    spans += [f'<span class="flag possible">{_e(flag)}</span>' for flag in possible or []]
+        spans.append(f'<span class="flag {kind}">{esc(flag)}</span>')
+    spans += [f'<span class="flag possible">{esc(flag)}</span>' for flag in possible or []]
     return " ".join(spans)
 
 
 def _name(species: str | None, fallback: str) -> str:
-    return f'<i class="sci">{_e(species)}</i>' if species else _e(fallback)
+    return f'<i class="sci">{esc(species)}</i>' if species else esc(fallback)
 
 
-def _taxon(record: Mapping[str, Any]) -> str:
+def taxon_html(record: Mapping[str, Any]) -> str:
     """Scientific and Chinese name, genus and family of the answer (for an unknown one, the
     closest class)."""
     species, chinese = record.get("species"), record.get("chinese_name")
@@ -125,18 +125,18 @@ def _taxon(record: Mapping[str, Any]) -> str:
     if species:
         parts.append(_name(species, ""))
     if chinese:
-        parts.append(f' <span class="zh" lang="zh-Hans">{_e(chinese)}</span>')
+        parts.append(f' <span class="zh" lang="zh-Hans">{esc(chinese)}</span>')
     ranks = []
     if record.get("genus"):
-        ranks.append(f"genus <i>{_e(record['genus'])}</i>")
+        ranks.append(f"genus <i>{esc(record['genus'])}</i>")
     if record.get("family"):
-        ranks.append(f"family {_e(record['family'])}")
+        ranks.append(f"family {esc(record['family'])}")
     if ranks:
         parts.append(f'<div class="ranks">{" · ".join(ranks)}</div>')
     return "".join(parts)
 
 
-def _bars(record: Mapping[str, Any]) -> str:
+def bars_html(record: Mapping[str, Any]) -> str:
     """Top-3 calibrated probabilities and the rest as "other", as labelled horizontal bars."""
     rows = [
         (entry.get("species") or entry["class"], entry.get("species"), entry["probability"], "rank")
@@ -149,10 +149,10 @@ def _bars(record: Mapping[str, Any]) -> str:
     for name, species, probability, kind in rows:
         width = min(max(_fraction(probability) or 0.0, 0.0), 1.0) * 100
         lines.append(
-            f'<div class="bar {kind}"><span class="label" title="{_e(name)}">'
+            f'<div class="bar {kind}"><span class="label" title="{esc(name)}">'
             f"{_name(species, name)}</span>"
             f'<span class="track"><span class="fill" style="width:{width:.1f}%"></span></span>'
-            f'<span class="value">{_percent(probability)}</span></div>'
+            f'<span class="value">{percent_text(probability)}</span></div>'
         )
     return f'<div class="bars {_kind(record)}">{"".join(lines)}</div>'
 
@@ -162,18 +162,18 @@ def _reasons(record: Mapping[str, Any]) -> str:
     return ", ".join((record.get("quality") or {}).get("reasons") or [])
 
 
-def _thumbnail(path: str, data: bytes | None, unreadable: bool) -> str:
+def thumbnail_html(path: str, data: bytes | None, unreadable: bool) -> str:
     if not data:
         text = "not readable" if unreadable else "no preview"
         return f'<div class="thumb none">{text}</div>'
     mime = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
     encoded = base64.b64encode(data).decode("ascii")
-    name = _e(path.replace("\\", "/").rsplit("/", 1)[-1])
+    name = esc(path.replace("\\", "/").rsplit("/", 1)[-1])
     return f'<img class="thumb" src="data:{mime};base64,{encoded}" alt="{name}" decoding="async">'
 
 
 def _table(section_id: str, header: list[str], rows: list[str]) -> str:
-    head = "".join(f"<th>{_e(cell)}</th>" for cell in header)
+    head = "".join(f"<th>{esc(cell)}</th>" for cell in header)
     return (
         f'<table id="{section_id}-table"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
@@ -189,14 +189,23 @@ def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
     speed_text = "–" if speed is None else f"{speed:.1f} images/s"
     seconds_text = "–" if seconds is None else f"{seconds:.1f} s"
     about = (
-        f"Model {_e(summary.get('model', '?'))} ({_e(model_format)}); "
-        f"{_e(summary.get('images', len(images)))} images in {seconds_text} ({speed_text}); "
+        f"Model {esc(summary.get('model', '?'))} ({esc(model_format)}); "
+        f"{esc(summary.get('images', len(images)))} images in {seconds_text} ({speed_text}); "
         f"test-time augmentation {'on' if summary.get('tta') else 'off'}. "
         "Probabilities are calibrated; “other” is the share of all remaining classes. "
-        f"Photo-quality gate: {_e(summary.get('quality_gate', 'off'))}."
+        f"Photo-quality gate: {esc(summary.get('quality_gate', 'off'))}."
     )
+    extended = summary.get("extended")
+    if extended:
+        added = ", ".join(extended.get("added") or []) or "none"
+        removed = ", ".join(extended.get("removed") or []) or "none"
+        about += (
+            f' <strong class="extended">Extended model</strong>: species added without '
+            f"retraining: {esc(added)}; removed: {esc(removed)}; base model "
+            f'<code class="hash">{esc(extended.get("base_sha256") or "?")}</code>.'
+        )
     if summary.get("record_sha256"):
-        about += f' Inspection record <code class="hash">{_e(summary["record_sha256"])}</code>.'
+        about += f' Inspection record <code class="hash">{esc(summary["record_sha256"])}</code>.'
 
     ranks = summary.get("ranks") or {}
     regulated = summary.get("regulated_specimens") or {}
@@ -219,7 +228,7 @@ def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
         )
     boxes = []
     for label, count, kind, link in stats:
-        inner = f"<strong>{_e(count)}</strong><span>{_e(label)}</span>"
+        inner = f"<strong>{esc(count)}</strong><span>{esc(label)}</span>"
         if link and count:
             inner = f'<a href="{link}">{inner}</a>'
         boxes.append(f'<div class="stat {kind}">{inner}</div>')
@@ -238,10 +247,10 @@ def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
             flags = record.get("flags") or []
             chinese = record.get("chinese_name")
             rows.append(
-                f'<tr class="{"flagged" if flags else ""}"><td>{_e(name)}</td>'
+                f'<tr class="{"flagged" if flags else ""}"><td>{esc(name)}</td>'
                 f"<td>{_name(record.get('species'), '–')}</td>"
-                f'<td><span class="zh" lang="zh-Hans">{_e(chinese or "–")}</span></td>'
-                f"<td>{_flags(flags) or '–'}</td><td class='number'>{_e(count)}</td></tr>"
+                f'<td><span class="zh" lang="zh-Hans">{esc(chinese or "–")}</span></td>'
+                f"<td>{_flags(flags) or '–'}</td><td class='number'>{esc(count)}</td></tr>"
             )
         header = ["class", "scientific name", "Chinese name", "flags", "images"]
         parts += ["<h3>Images per predicted species</h3>", _table("species", header, rows)]
@@ -270,10 +279,10 @@ def _specimen_section(specimens: list[dict]) -> str:
         flags, possible = record.get("flags") or [], record.get("possible_flags") or []
         kind = f"{_kind(record)} {_regulated(record)}".strip()
         rows.append(
-            f'<tr class="{kind}"><td>{_e(record["specimen"])}</td>'
-            f"<td class='number'>{_e(record.get('ok_images', 0))} of {_e(record['images'])}</td>"
-            f"<td>{_verdict(record, 'no readable image')}</td><td>{_bars(record)}</td>"
-            f"<td>{_taxon(record)}</td><td>{_flags(flags, possible)}</td></tr>"
+            f'<tr class="{kind}"><td>{esc(record["specimen"])}</td>'
+            f"<td class='number'>{esc(record.get('ok_images', 0))} of {esc(record['images'])}</td>"
+            f"<td>{verdict_html(record, 'no readable image')}</td><td>{bars_html(record)}</td>"
+            f"<td>{taxon_html(record)}</td><td>{_flags(flags, possible)}</td></tr>"
         )
     header = ["specimen", "images read", "answer", "top-3 (calibrated)", "taxon", "flags"]
     return "\n".join(
@@ -302,17 +311,17 @@ def _sheets_section(
     if gallery:
         note = (
             f"Reference photos: the training photo of each candidate nearest to this specimen's "
-            f"photos, from the bundle's gallery ({_e(gallery.get('per_class'))} per class; "
-            f"licence: {_e(gallery.get('licence'))})."
+            f"photos, from the bundle's gallery ({esc(gallery.get('per_class'))} per class; "
+            f"licence: {esc(gallery.get('licence'))})."
         )
     else:
         note = (
             "No reference photos: this model bundle carries no gallery "
             "(<code>jianmu export --gallery N</code>)."
         )
-    footer = f"Model {_e(summary.get('model', '?'))}"
+    footer = f"Model {esc(summary.get('model', '?'))}"
     if summary.get("record_sha256"):
-        footer += f' · inspection record <code class="hash">{_e(summary["record_sha256"])}</code>'
+        footer += f' · inspection record <code class="hash">{esc(summary["record_sha256"])}</code>'
     sheets = [
         _sheet(number, record, by_specimen.get(record["specimen"], []), thumbnails, footer)
         for number, record in enumerate(specimens, start=1)
@@ -337,9 +346,9 @@ def _sheet(
     decision = ""
     if specimen.get("decision"):
         decision = (
-            f'<p class="decision"><strong>Declared {_e(specimen.get("declared"))}:</strong> '
-            f"{_e(specimen['decision'])} – {_e(specimen.get('reason') or '')}"
-            + (f"<br><strong>{_e(specimen['consequence'])}</strong>" if specimen.get(
+            f'<p class="decision"><strong>Declared {esc(specimen.get("declared"))}:</strong> '
+            f"{esc(specimen['decision'])} – {esc(specimen.get('reason') or '')}"
+            + (f"<br><strong>{esc(specimen['consequence'])}</strong>" if specimen.get(
                 "consequence") else "")
             + "</p>"
         )  # fmt: skip
@@ -349,14 +358,14 @@ def _sheet(
         path = str(record["path"])
         name = path.replace("\\", "/").rsplit("/", 1)[-1]
         kind = _kind(record)
-        caption = _e(name)
+        caption = esc(name)
         if kind == "retake":
-            caption += f'<br><span class="reason">retake: {_e(_reasons(record))}</span>'
-            notes.append(f"{_e(name)}: {_e(_reasons(record))}")
+            caption += f'<br><span class="reason">retake: {esc(_reasons(record))}</span>'
+            notes.append(f"{esc(name)}: {esc(_reasons(record))}")
         elif kind == "failed":
-            caption += f'<br><span class="reason">{_e(record.get("status"))}</span>'
+            caption += f'<br><span class="reason">{esc(record.get("status"))}</span>'
         figures.append(
-            f"<figure>{_thumbnail(path, thumbnails.get(path), kind == 'failed')}"
+            f"<figure>{thumbnail_html(path, thumbnails.get(path), kind == 'failed')}"
             f"<figcaption>{caption}</figcaption></figure>"
         )
     candidates = []
@@ -365,11 +374,12 @@ def _sheet(
         picture = '<div class="thumb none">no reference</div>'
         if reference is not None:
             data = thumbnails.get(f"reference:{reference['index']}")
-            picture = _thumbnail(reference["photo"], data, False)
-            picture += f'<div class="score">{_e(reference["photo"])}</div>'
+            picture = thumbnail_html(reference["photo"], data, False)
+            picture += f'<div class="score">{esc(reference["photo"])}</div>'
         candidates.append(
             f"<tr><td>{_name(entry.get('species'), entry['class'])}</td>"
-            f"<td class='number'>{_percent(entry.get('probability'))}</td><td>{picture}</td></tr>"
+            f"<td class='number'>{percent_text(entry.get('probability'))}</td>"
+            f"<td>{picture}</td></tr>"
         )
     passed = sum(1 for record in photos if record.get("status") == "ok")
     quality = f"{passed} of {len(photos)} photo(s) judged."
@@ -378,8 +388,9 @@ def _sheet(
     flags = _flags(specimen.get("flags") or [], specimen.get("possible_flags") or []) or "none"
     return (
         f'<article class="sheet {_kind(specimen)}" id="sheet-{number}">'
-        f"<h3>Specimen {_e(specimen['specimen'])} {_verdict(specimen, 'no readable image')}</h3>"
-        f"<p>{_taxon(specimen)}</p>{decision}"
+        f"<h3>Specimen {esc(specimen['specimen'])} "
+        f"{verdict_html(specimen, 'no readable image')}</h3>"
+        f"<p>{taxon_html(specimen)}</p>{decision}"
         f'<div class="photos">{"".join(figures)}</div>'
         '<table class="candidates"><thead><tr><th>candidate</th><th>share</th>'
         f"<th>nearest reference photo</th></tr></thead><tbody>{''.join(candidates)}</tbody>"
@@ -409,12 +420,12 @@ def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str
         regulated = _regulated(record)
         details = []
         if record.get("specimen"):
-            details.append(f"specimen {_e(record['specimen'])}")
-        verdict = _verdict(record, "could not be read")
+            details.append(f"specimen {esc(record['specimen'])}")
+        verdict = verdict_html(record, "could not be read")
         if kind == "failed":
-            verdict += f'<div class="reason">{_e(record.get("status", ""))}</div>'
+            verdict += f'<div class="reason">{esc(record.get("status", ""))}</div>'
         elif kind == "retake":
-            verdict += f'<div class="reason">{_e(_reasons(record))}</div>'
+            verdict += f'<div class="reason">{esc(_reasons(record))}</div>'
         elif (score := _fraction(record.get("unknown_score"))) is not None:
             threshold = _fraction(record.get("threshold"))
             text = f"unknown score {score:.3f}"
@@ -424,9 +435,9 @@ def _image_rows(images: list[dict], thumbnails: Mapping[str, bytes]) -> list[str
         rows.append(
             f'<tr class="{classes}" data-kind="{classes}">'
             f"<td class='number'>{number}</td>"
-            f"<td>{_thumbnail(path, thumbnails.get(path), kind == 'failed')}</td>"
-            f'<td class="file">{_e(path)}<div class="specimen">{" ".join(details)}</div></td>'
-            f"<td>{verdict}</td><td>{_bars(record)}</td><td>{_taxon(record)}</td>"
+            f"<td>{thumbnail_html(path, thumbnails.get(path), kind == 'failed')}</td>"
+            f'<td class="file">{esc(path)}<div class="specimen">{" ".join(details)}</div></td>'
+            f"<td>{verdict}</td><td>{bars_html(record)}</td><td>{taxon_html(record)}</td>"
             f"<td>{_flags(flags, possible)}</td></tr>"
         )
     return rows
@@ -450,7 +461,7 @@ def _image_section(images: list[dict], thumbnails: Mapping[str, bytes]) -> str:
     }
     options = [f'<option value="">all ({len(images)})</option>']
     options += [
-        f'<option value="{kind}">{_e(labels[kind])} ({count})</option>'
+        f'<option value="{kind}">{esc(labels[kind])} ({count})</option>'
         for kind, count in counts.items()
     ]
     toolbar = (
@@ -482,9 +493,9 @@ def _failed_section(images: list[dict]) -> str:
             "the files.</p>"
         )
         rows = [
-            f'<tr class="{_kind(record)}"><td class="file">{_e(record["path"])}</td>'
-            f"<td>{_e(_reasons(record) if _kind(record) == 'retake' else record.get('status'))}"
-            f"</td><td>{_e(record.get('specimen') or '–')}</td></tr>"
+            f'<tr class="{_kind(record)}"><td class="file">{esc(record["path"])}</td>'
+            f"<td>{esc(_reasons(record) if _kind(record) == 'retake' else record.get('status'))}"
+            f"</td><td>{esc(record.get('specimen') or '–')}</td></tr>"
             for record in failed
         ]
         parts.append(_table("failed", ["file", "reason", "specimen"], rows))
@@ -494,7 +505,7 @@ def _failed_section(images: list[dict]) -> str:
 
 # --- the page -------------------------------------------------------------------------------------
 
-_CSS = """
+PAGE_CSS = """
 body { font: 14px/1.45 system-ui, "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", sans-serif;
        max-width: 1280px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; margin-top: 2em; }
@@ -599,12 +610,12 @@ def _page(
     summary: Mapping[str, Any],
     thumbnails: Mapping[str, bytes],
 ) -> str:
-    title = _e(f"Prediction: {summary.get('model', '')}")
+    title = esc(f"Prediction: {summary.get('model', '')}")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{title}</title><style>{_CSS}</style></head>",
+        f"<title>{title}</title><style>{PAGE_CSS}</style></head>",
         '<body class="with-sheets">' if specimens else "<body>",
         f"<h1>{title}</h1>",
         _summary_section(images, summary),
