@@ -34,6 +34,7 @@ _API = {
     "compare": "jianmu.engine.compare",
     "cross_validate": "jianmu.engine.crossval",
     "leave_species_out": "jianmu.engine.leave_species_out",
+    "serve": "jianmu.engine.serve",
     "JianmuError": "jianmu.errors",
 }
 __all__ = [*_API, "__version__"]

@@ -908,3 +908,68 @@ def bench_command(
             f"[bold red]regression:[/] {result.comparison.summary()}", highlight=False
         )
         raise typer.Exit(EXIT_FINDINGS)
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_command(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="MODEL...",
+            help="bundles to serve: NAME=PATH, or PATH (named by its file stem: wood.onnx -> wood)",
+        ),
+    ],
+    host: Annotated[
+        str | None, typer.Option("--host", help="address to listen on (default 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default 8000)")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="bearer token every endpoint but /healthz requires"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="server processes (default 1)")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="serve beyond loopback without a token")
+    ] = False,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option("--ssl-certfile", help="TLS certificate (uvicorn)")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", help="TLS private key (uvicorn)")
+    ] = None,
+    top_k: TopKOption = None,
+    tta: TtaOption = None,
+    no_quality_gate: NoGateOption = False,
+    config_path: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Serve models over HTTP for the capture terminals, with an upload page at /.
+
+    POST /v1/NAME/identify (the photos of one specimen, multipart field 'photos'; optional
+    'declared'), GET /v1/models, /healthz, /metrics (Prometheus), /docs. Runs until Ctrl-C.
+    Exit codes: 0 stopped; 2 user error (bad model, token file, or a host beyond loopback without
+    --token-file or --insecure).
+    """
+    config = load_config(
+        config_path, overrides or [], serve__host=host, serve__port=port,
+        serve__token_file=token_file, serve__workers=workers, serve__insecure=insecure or None,
+        serve__ssl_certfile=ssl_certfile, serve__ssl_keyfile=ssl_keyfile, predict__top_k=top_k,
+        predict__tta=tta, quality__gate=False if no_quality_gate else None,
+    )  # fmt: skip
+    try:
+        from jianmu.engine.serve import serve
+    except ImportError as error:
+        raise JianmuError(f"jianmu serve needs: pip install 'jianmu[serve]' ({error})") from None
+
+    def announce(kind: str, line: str) -> None:
+        if kind == "warning":
+            error_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+        else:
+            console.print(line, highlight=False)
+
+    serve(config, models, announce)

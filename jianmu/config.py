@@ -401,6 +401,45 @@ class ReviewConfig(_Strict):
     )
 
 
+class ServeConfig(_Strict):
+    """``jianmu serve``: the HTTP service of the capture terminals (``--set serve.max_photos=10``).
+    Photos are judged with the ``predict:`` settings (top_k, tta, workers) and ``quality.gate``."""
+
+    host: str = Field(default="127.0.0.1", description="address to listen on (loopback: this host)")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free one)")
+    token_file: Path | None = Field(
+        default=None,
+        description="file holding the bearer token every endpoint but /healthz then requires",
+    )
+    insecure: bool = Field(
+        default=False, description="allow a non-loopback host without a token (a warning)"
+    )
+    workers: int = Field(default=1, ge=1, description="server processes, each with the models")
+    max_photo_bytes: int = Field(default=40_000_000, ge=1, description="per photo (40 MB); 413")
+    max_photos: int = Field(default=20, ge=1, description="photos per request; 413 beyond")
+    max_request_bytes: int = Field(
+        default=200_000_000, ge=1, description="whole request body (200 MB); 413 beyond"
+    )
+    request_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a request body may take to arrive; 408 after"
+    )
+    idle_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a request body may pause between chunks; 408"
+    )
+    batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long the model waits for the photos of requests still decoding, to run "
+        "them in one batch",
+    )
+    max_batch: int = Field(default=32, ge=1, description="photos per model run, at most")
+    max_connections: int = Field(
+        default=64, ge=1, description="connections at once; 503 beyond (bounds memory)"
+    )
+    ssl_certfile: Path | None = Field(default=None, description="TLS certificate (uvicorn)")
+    ssl_keyfile: Path | None = Field(default=None, description="TLS private key (uvicorn)")
+
+
 class Config(_Strict):
     """Everything a command needs. ``train.epochs`` in YAML is ``--set train.epochs=`` here too.
 
@@ -423,6 +462,7 @@ class Config(_Strict):
     bench: BenchConfig = BenchConfig()
     compare: CompareConfig = CompareConfig()
     review: ReviewConfig = ReviewConfig()
+    serve: ServeConfig = ServeConfig()
 
     def updated(self, overrides: list[str] | tuple[str, ...] = (), **options: Any) -> Config:
         """A copy with ``overrides`` (``a.b=v``) and ``options`` (``a__b=v``) applied, validated."""

@@ -45,6 +45,9 @@ ONNX_PREDICT_PATH = (
     "jianmu.calibration.apply",
     "jianmu.engine.verify",
     "jianmu.engine.add_species",  # extending an ONNX bundle needs no torch either
+    "jianmu.engine.serve",  # `jianmu serve wood.onnx`: the service of the capture terminals
+    "jianmu.engine.serve.app",
+    "jianmu.report.upload_page",
 )
 # The lab's review loop (`jianmu review`, `jianmu data import`) starts as light.
 REVIEW_PATH = ("jianmu.engine.review", "jianmu.report.review_page", "jianmu.data.importer")
