@@ -164,9 +164,7 @@ def _in_child(
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _child(
-    model: Path, folder: Path, batch: int | None, workers: int | None, overrides=()
-) -> None:
+def _child(model: Path, folder: Path, batch: int | None, workers: int | None, overrides=()) -> None:
     from jianmu.bundle import load_model
     from jianmu.config import load_config
     from jianmu.engine.predict import predict

@@ -125,8 +125,11 @@ def rank_scores(
 ) -> RankScores:
     """Candidate taxa and their scores at every rank (see the module docstring); ``alive`` leaves
     classes out, as calibration does to stand in for species the model never saw;
-    ``species_margin`` (K, >= 0, inf: never) is taken off each class's score at the species rank
-    alone (species added without retraining, :mod:`jianmu.calibration.extend`)."""
+    ``species_margin`` (K, >= 0, inf: never) is taken off each class's score at every rank
+    (species added without retraining, :mod:`jianmu.calibration.extend`: their evidence counts
+    for less, also for the genus and family they bring)."""
+    if species_margin is not None:
+        scores = scores - species_margin[None, :]
     if alive is not None:
         scores = np.where(alive[None, :], scores, -np.inf)
         probabilities = np.where(alive[None, :], probabilities, 0.0)
@@ -137,8 +140,7 @@ def rank_scores(
         if rank == "species":
             top = probabilities.argmax(1)
             taxa[rank] = hierarchy.member[rank][top]
-            margin = 0.0 if species_margin is None else species_margin[None, :]
-            best[rank] = (scores - margin).max(1)
+            best[rank] = scores.max(1)
             continue
         if matrix.any(0).sum() < 2:
             # no class has a taxon at this rank, or all share one: a model that never learned

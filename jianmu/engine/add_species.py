@@ -5,8 +5,8 @@ the class Gaussians the unknown-species and rank rules use (the shared precision
 Gaussian and every threshold stay those fitted on the base model's training and validation
 photos), and its probability comes from that Gaussian model, taken from the known classes in
 proportion (:mod:`jianmu.calibration.extend`), so the known classes' order never changes. An
-added class answers at the species rank only above the species threshold plus its own margin
-(:func:`species_margins`, ``extension.species_margin``).
+added class's score counts at every rank less its own margin (:func:`species_margins`,
+``extension.species_margin``).
 
 An ONNX bundle is extended without torch (its graph is copied as is, the metadata rewritten); a
 run folder or checkpoint gives a checkpoint. The new model carries its provenance (which photos
@@ -284,12 +284,12 @@ def _no_outputs(bundle: ModelBundle):
 
 
 def species_margins(bundle, outputs, means: np.ndarray, first: int, added) -> list[float | None]:
-    """How far above the species threshold each added class's score must be for an answer at the
-    species rank: by leave-one-specimen-out, the median of how much closer a photo is to its
-    class mean with its own specimen in it than without (the flattery of a mean fitted on a
-    handful of specimens, which a class trained on hundreds of photos and calibrated on
-    validation photos does not have). None (never at species) for a class of one specimen. 0
-    for rules without class distances (``msp``)."""
+    """What each added class's score counts for less at every rank (so how far above a rank's
+    threshold it must be to answer there): by leave-one-specimen-out, the median of how much
+    closer a photo is to its class mean with its own specimen in it than without (the flattery
+    of a mean fitted on a handful of specimens, which a class trained on hundreds of photos and
+    calibrated on validation photos does not have). None (its score never counts) for a class
+    of one specimen; 0 for rules without class distances (``msp``)."""
     rule = (bundle.meta.get("unknown") or {}).get("rule")
     if rule not in ("mahalanobis", "relative_mahalanobis"):
         return [0.0 for _ in added]
