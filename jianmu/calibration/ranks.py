@@ -121,15 +121,15 @@ def rank_scores(
     probabilities: np.ndarray,
     hierarchy: Hierarchy,
     alive: np.ndarray | None = None,
-    species_margin: np.ndarray | None = None,
+    class_margin: np.ndarray | None = None,
 ) -> RankScores:
     """Candidate taxa and their scores at every rank (see the module docstring); ``alive`` leaves
     classes out, as calibration does to stand in for species the model never saw;
-    ``species_margin`` (K, >= 0, inf: never) is taken off each class's score at every rank
+    ``class_margin`` (K, >= 0, inf: never) is taken off each class's score at every rank
     (species added without retraining, :mod:`jianmu.calibration.extend`: their evidence counts
     for less, also for the genus and family they bring)."""
-    if species_margin is not None:
-        scores = scores - species_margin[None, :]
+    if class_margin is not None:
+        scores = scores - class_margin[None, :]
     if alive is not None:
         scores = np.where(alive[None, :], scores, -np.inf)
         probabilities = np.where(alive[None, :], probabilities, 0.0)
@@ -178,7 +178,7 @@ class RankRule:
         self.thresholds = (meta.get("ranks") or {}).get("thresholds") or {}
         self.rule = (meta.get("unknown") or {}).get("rule")
         self.statistics = statistics
-        self.species_margin = species_margins(meta)
+        self.class_margin = class_margins(meta)
 
     @property
     def fitted(self) -> bool:
@@ -203,7 +203,7 @@ class RankRule:
         if not self.fitted or thresholds is None:
             return None
         scores = class_scores(self.statistics, self.rule, logits, embeddings, temperature)
-        scored = rank_scores(scores, probabilities, self.hierarchy, None, self.species_margin)
+        scored = rank_scores(scores, probabilities, self.hierarchy, None, self.class_margin)
         answers = decide(scored, thresholds)
         result = RankAnswers([], [], [])
         for row, position in enumerate(answers):
@@ -229,10 +229,10 @@ class RankRule:
         return self.hierarchy.names[rank][index] if index >= 0 else None
 
 
-def species_margins(meta: dict[str, Any]) -> np.ndarray | None:
-    """Per class, what its score must exceed the species threshold by (0 for the classes the
-    network was trained on; an added class's own margin, inf when it has none), or None for a
-    model as trained."""
+def class_margins(meta: dict[str, Any]) -> np.ndarray | None:
+    """Per class, what its score counts for less at every rank (0 for the classes the network was
+    trained on; an added class's own margin, inf when it has none), or None for a model as
+    trained."""
     extension = meta.get("extension")
     if not extension or not extension.get("added"):
         return None

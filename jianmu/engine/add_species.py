@@ -5,7 +5,7 @@ the class Gaussians the unknown-species and rank rules use (the shared precision
 Gaussian and every threshold stay those fitted on the base model's training and validation
 photos), and its probability comes from that Gaussian model, taken from the known classes in
 proportion (:mod:`jianmu.calibration.extend`), so the known classes' order never changes. An
-added class's score counts at every rank less its own margin (:func:`species_margins`,
+added class's score counts at every rank less its own margin (:func:`fit_species_margins`,
 ``extension.species_margin``).
 
 An ONNX bundle is extended without torch (its graph is copied as is, the metadata rewritten); a
@@ -47,7 +47,7 @@ from jianmu.data.images import load_image
 from jianmu.data.samples import compile_specimen_pattern, specimen_from_name, walk_files
 from jianmu.errors import JianmuError, did_you_mean
 from jianmu.files import atomic_write
-from jianmu.gallery import NO_LICENCE, THUMBNAIL_PX, Gallery, make_thumbnail, select_gallery
+from jianmu.gallery import THUMBNAIL_PX, Gallery, make_thumbnail, select_gallery
 from jianmu.record import file_sha256, model_sha256
 from jianmu.taxonomy import class_hierarchy, load_taxonomy
 
@@ -147,13 +147,14 @@ def add_species(
     meta = _extended_meta(bundle, model, order, added, removed, class_map, taxonomy, views)
     earlier = (bundle.extended or {}).get("species_margin") or [None] * base_map.added
     margins = [earlier[p - len(base_map.keep)] for p in old_added]
-    margins += species_margins(bundle, outputs, means[len(order) :], len(order), added)
+    margins += fit_species_margins(bundle, outputs, means[len(order) :], len(order), added)
     meta["extension"]["species_margin"] = margins
     gallery = _gallery(bundle, order, added, outputs, config)
+    blob = gallery.to_blob() if gallery is not None else b""
     if gallery is not None:
-        meta["gallery"] = {**gallery.describe(), "bytes": len(gallery.to_blob())}
+        meta["gallery"] = {**gallery.describe(), "bytes": len(blob)}
     arrays = new_statistics.to_arrays(keep_knn=knn is not None)
-    extended, write = _extended_form(bundle, model, out, meta, arrays, gallery)
+    extended, write = _extended_form(bundle, model, out, meta, arrays, blob)
     check = _check(bundle, extended, outputs, order, len(network), added, views)
     meta["extension"]["history"][-1]["check"] = check
     write(meta)
@@ -283,7 +284,9 @@ def _no_outputs(bundle: ModelBundle):
     )
 
 
-def species_margins(bundle, outputs, means: np.ndarray, first: int, added) -> list[float | None]:
+def fit_species_margins(
+    bundle, outputs, means: np.ndarray, first: int, added
+) -> list[float | None]:
     """What each added class's score counts for less at every rank (so how far above a rank's
     threshold it must be to answer there): by leave-one-specimen-out, the median of how much
     closer a photo is to its class mean with its own specimen in it than without (the flattery
@@ -384,16 +387,16 @@ def _gallery(bundle, order, added, outputs, config: Config) -> Gallery | None:
                 make_thumbnail(load_image(paths[row], THUMBNAIL_PX, config.data.read_timeout))
             )
             sources.append(f"added: {paths[row].parent.name}/{paths[row].name}")
-    licence = base.licence if base.licence != NO_LICENCE else NO_LICENCE
+    licence = base.licence
     if added:
         licence += "; added species: the lab's own photos given to jianmu add-species"
     return Gallery(np.vstack(embeddings), classes, jpegs, sources, licence, base.thumbnail_px,
                    base.per_class)  # fmt: skip
 
 
-def _extended_form(bundle, model: Path, out: Path, meta, arrays, gallery):
-    """The extended model in memory, and the function that writes it with its final metadata."""
-    blob = gallery.to_blob() if gallery is not None else b""
+def _extended_form(bundle, model: Path, out: Path, meta, arrays, blob: bytes):
+    """The extended model in memory (``blob``: its reference gallery, b"" for none), and the
+    function that writes it with its final metadata."""
     if bundle.kind == "onnx":
         import onnx
 

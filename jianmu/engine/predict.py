@@ -758,8 +758,8 @@ class _Tally:
         """The summary of the whole output; speed is of the files processed in this call."""
         calibration = bundle.calibration(views)
         warnings = []
-        if bundle.class_map is not None and bundle.class_map.added:
-            added = bundle.classes[len(bundle.class_map.keep) :]
+        added = (bundle.extension_summary() or {}).get("added")
+        if added:
             warnings.append(
                 f"extended model: {len(added)} species added without retraining "
                 f"({', '.join(added[:5])}{', ...' if len(added) > 5 else ''})"
