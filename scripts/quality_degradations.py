@@ -1,10 +1,13 @@
 """The photo-quality gate against degraded photos (issue 14): top-1 with the gate off, and the share
 of photos the gate asks to retake, per degradation.
 
-    python scripts/quality_degradations.py MODEL --images LIST [--work DIR] [--out TABLE.md]
+    python scripts/quality_degradations.py MODEL --images LIST [--root ROOT] [--work DIR]
+        [--out TABLE.md]
 
 ``LIST`` names test photos, one per line, each in a folder named after its class (e.g. the
-``test-images.txt`` that ``jianmu bench ci`` writes). Every photo is degraded with each of
+``test-images.txt`` that ``jianmu bench ci`` writes); with ``--root``, the class is the photo's
+first folder under ROOT instead (a data set with specimen sub-folders). ``LIST`` may also be a run's
+``manifest.csv``: its test rows, paths below ``--root``. Every photo is degraded with each of
 :data:`DEGRADATIONS` (at the photo's own resolution, written losslessly as PNG; the photo as it is
 and the JPEG case as JPEG files, as a device writes them), then ``jianmu.predict`` runs on each
 folder twice: with ``quality.gate`` off (top-1 of the top class against the folder name) and on
@@ -15,6 +18,7 @@ photos at every level where top-1 falls below 90%, and <= 2% of the photos as th
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import shutil
 import sys
@@ -89,13 +93,14 @@ DEGRADATIONS: dict[str, Degrade | None] = {
 }
 
 
-def write_degraded(photos: list[Path], work: Path) -> dict[str, list[Path]]:
-    """Per degradation, the degraded copies under ``work/<n>/<class>/``."""
+def write_degraded(photos: dict[Path, Path], work: Path) -> dict[str, dict[Path, str]]:
+    """Per degradation, the degraded copies under ``work/<n>/<relative path>`` with their class
+    (the first part of ``photos[photo]``, the photo's path below its class's parent)."""
     folders = {}
     for number, (name, degrade) in enumerate(DEGRADATIONS.items()):
-        written = []
-        for photo in photos:
-            folder = work / str(number) / photo.parent.name
+        written = {}
+        for photo, relative in photos.items():
+            folder = work / str(number) / relative.parent
             folder.mkdir(parents=True, exist_ok=True)
             if degrade is None:  # the photo as it is, bytes and all
                 target = folder / photo.name
@@ -107,7 +112,7 @@ def write_degraded(photos: list[Path], work: Path) -> dict[str, list[Path]]:
                 target = folder / (photo.stem + ".png")
                 picture = np.asarray(Image.open(photo).convert("RGB"))
                 Image.fromarray(degrade(picture)).save(target)
-            written.append(target)
+            written[target] = relative.parts[0]
         folders[name] = written
     return folders
 
@@ -126,7 +131,7 @@ def refit(bundle, run: Path) -> None:
     print(f"quality bounds refitted on {len(train)} training photos of {run}")
 
 
-def measure(model, folders: dict[str, list[Path]], run: Path | None = None) -> list[dict]:
+def measure(model, folders: dict[str, dict[Path, str]], run: Path | None = None) -> list[dict]:
     bundle = jianmu.load_model(model)
     if run is not None:
         refit(bundle, run)
@@ -139,8 +144,9 @@ def measure(model, folders: dict[str, list[Path]], run: Path | None = None) -> l
             result = jianmu.predict(config, bundle, [str(p) for p in paths])
             row[f"seconds_gate_{'on' if gate else 'off'}"] = time.perf_counter() - started
             if not gate:
+                truth = {str(path.resolve()): label for path, label in paths.items()}
                 right = sum(
-                    bool(r["top"]) and r["top"][0]["class"] == Path(r["path"]).parent.name
+                    bool(r["top"]) and r["top"][0]["class"] == truth[str(Path(r["path"]).resolve())]
                     for r in result.images
                 )
                 row["top1"] = right / len(paths)
@@ -174,10 +180,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_photos(listing: Path, root: Path | None) -> dict[Path, Path]:
+    """The test photos of ``listing`` (a list of paths, or a run's manifest.csv), each with its
+    path below its class's parent folder."""
+    if listing.suffix == ".csv":
+        if root is None:
+            sys.exit("a manifest's paths are relative: give the data set's --root")
+        with listing.open(newline="", encoding="utf-8") as rows:
+            tests = [row["path"] for row in csv.DictReader(rows) if row["split"] == "test"]
+        return {root / path: Path(path) for path in tests}
+    photos = {}
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            photo = Path(line.strip())
+            photo = photo if photo.is_absolute() else listing.parent / photo
+            relative = photo.relative_to(photo.parent.parent)
+            if root is not None:
+                relative = photo.resolve().relative_to(root.resolve())
+            photos[photo] = relative
+    return photos
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="ONNX bundle, TorchScript bundle or run folder")
     parser.add_argument("--images", type=Path, required=True, help="list of test photos")
+    parser.add_argument(
+        "--root", type=Path,
+        help="the data set's root: a photo's class is its first folder below it (default: the "
+        "photo's own folder)",
+    )  # fmt: skip
     parser.add_argument("--work", type=Path, help="keep the degraded photos here")
     parser.add_argument("--out", type=Path, help="also write the table here")
     parser.add_argument(
@@ -186,12 +218,7 @@ def main() -> None:
         "before the gate)",
     )  # fmt: skip
     args = parser.parse_args()
-    base = args.images.parent
-    photos = []
-    for line in args.images.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            photo = Path(line.strip())
-            photos.append(photo if photo.is_absolute() else base / photo)
+    photos = read_photos(args.images, args.root)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         rows = measure(args.model, write_degraded(photos, work), args.refit)

@@ -69,6 +69,29 @@ def test_exposure_is_judged_on_both_sides(gate):
     assert gate.reasons(measured(normal)) == []
 
 
+def test_a_stop_under_is_told_from_a_darker_subject_by_its_white_point():
+    """A pale wood photographed a stop under is as dark on average as a dark wood well exposed,
+    whose rays still catch the light: the mean level cannot tell them apart, the white point
+    (the level 99% of the pixels stay under) can."""
+    pale = [texture(seed, level=150, spread=20) for seed in range(30)]
+    dark = []
+    for seed in range(30, 60):
+        picture = texture(seed, level=65, spread=15)
+        picture[::8] = (215, 195, 175)  # bright rays across the dark wood
+        dark.append(picture)
+    fitted = fit_quality(np.stack([measured(p) for p in pale + dark]), QualityConfig())
+    gate = QualityGate(fitted["bounds"])
+    under = (texture(200, level=150, spread=20) * 0.5).astype(np.uint8)
+    level, white = (measured(under)[MEASURES.index(name)] for name in ("level", "white"))
+    assert fitted["bounds"]["level"]["low"] < level < fitted["bounds"]["level"]["high"]
+    assert white < fitted["bounds"]["white"]["low"]
+    assert "too dark" in gate.reasons(measured(under))  # (halved: its contrast falls too)
+    assert gate.reasons(measured(dark[0])) == gate.reasons(measured(pale[0])) == []
+    washed = np.clip(pale[1].astype(np.float32) * 1.6, 0, 255).astype(np.uint8)
+    assert measured(washed)[MEASURES.index("black")] > fitted["bounds"]["black"]["high"]
+    assert "overexposed" in gate.reasons(measured(washed))
+
+
 def test_a_smaller_photo_and_a_heavily_compressed_one_are_sent_back(gate):
     picture = texture(102)
     assert gate.reasons(measured(picture, side=30)) == ["too small"]  # under half of 96 px
