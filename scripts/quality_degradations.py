@@ -18,7 +18,6 @@ photos at every level where top-1 falls below 90%, and <= 2% of the photos as th
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import shutil
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 import jianmu
+from jianmu.data.split import read_manifest
 
 Degrade = Callable[[np.ndarray], np.ndarray]
 
@@ -186,18 +186,17 @@ def read_photos(listing: Path, root: Path | None) -> dict[Path, Path]:
     if listing.suffix == ".csv":
         if root is None:
             sys.exit("a manifest's paths are relative: give the data set's --root")
-        with listing.open(newline="", encoding="utf-8") as rows:
-            tests = [row["path"] for row in csv.DictReader(rows) if row["split"] == "test"]
-        return {root / path: Path(path) for path in tests}
+        rows = read_manifest(listing, root)
+        return {root / row.path: Path(row.path) for row in rows if row.split == "test"}
     photos = {}
     for line in listing.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             photo = Path(line.strip())
             photo = photo if photo.is_absolute() else listing.parent / photo
-            relative = photo.relative_to(photo.parent.parent)
-            if root is not None:
-                relative = photo.resolve().relative_to(root.resolve())
-            photos[photo] = relative
+            if root is None:
+                photos[photo] = photo.relative_to(photo.parent.parent)
+            else:
+                photos[photo] = photo.resolve().relative_to(root.resolve())
     return photos
 
 

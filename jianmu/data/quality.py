@@ -70,6 +70,7 @@ def measure(crop: np.ndarray, stored_side: int, jpeg_quality: int | None) -> np.
     pixels = grey.size
     cumulative = np.cumsum(cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel())
     black, white = np.searchsorted(cumulative, (BLACK * pixels, WHITE * pixels))
+    shadows, highlights = cumulative[SHADOW], pixels - cumulative[HIGHLIGHT - 1]
     return np.array(
         [
             np.log10(float(laplacian.var()) + 1.0),
@@ -77,8 +78,8 @@ def measure(crop: np.ndarray, stored_side: int, jpeg_quality: int | None) -> np.
             float(std[0, 0]) / 255.0,
             float(white) / 255.0,
             float(black) / 255.0,
-            np.count_nonzero(grey <= SHADOW) / pixels,
-            np.count_nonzero(grey >= HIGHLIGHT) / pixels,
+            float(shadows) / pixels,
+            float(highlights) / pixels,
             float(stored_side),
             np.nan if jpeg_quality is None else float(jpeg_quality),
         ],
