@@ -380,12 +380,17 @@ def eval_command(
     if open_set is not None:
         from jianmu.engine.leave_species_out import leave_species_out, open_set_markdown
         from jianmu.report.console import TrainProgress
+        from jianmu.rundir import ExperimentDir
 
         config = load_config(open_set, overrides or [], data__root=data, out=out)
         with TrainProgress(console, quiet=True) as progress:
             result = leave_species_out(config, reporter=progress, held_out=hold_out or None)
         console.print(open_set_markdown(result))
         console.print(f"best rule: {result.best_rule}; tables in {result.out}")
+        if result.unseen_ranks:
+            fitted = ExperimentDir(result.out).rank_thresholds
+            console.print(f"rank thresholds fitted on the held-out species: {fitted} (train with "
+                          f"--set calibration.open_set={result.out})")  # fmt: skip
         return
     if model is None:
         raise JianmuError("give a MODEL (run folder, checkpoint or bundle), or --open-set CONFIG")

@@ -193,6 +193,13 @@ class CalibrationConfig(_Strict):
         description="answers at the species, genus or family rank are fitted so that at most this "
         "share of validation images is answered wrong (1: no rank answers, species or unknown)",
     )
+    open_set: Path | None = Field(
+        default=None,
+        description="rank thresholds fitted on species never seen: the folder of a `jianmu eval "
+        "--open-set` run of the same recipe (or its rank-thresholds.json), carried over in units "
+        "of this model's validation scores; unset: fitted on the model's own classes left out "
+        "in turn",
+    )
     batch_size: int = Field(default=64, ge=1)
 
 

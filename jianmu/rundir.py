@@ -90,6 +90,9 @@ class ExperimentDir:
     crossval = _file("crossval.json", ": every fold's test figures, mean and spread")
     openset = _file("openset.json", ": every rule on every held-out species")
     openset_table = _file("openset.md", ": the same as tables")
+    rank_thresholds = _file(
+        "rank-thresholds.json", ": rank thresholds fitted on the held-out species, in units"
+    )
 
     def run(self, name: str) -> RunDir:
         return RunDir(self.path / name)

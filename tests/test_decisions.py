@@ -16,8 +16,16 @@ from tiny import settings, tiny_config
 from typer.testing import CliRunner
 
 import jianmu
-from jianmu.calibration.fit import fit_rank_thresholds, fit_statistics, fit_temperature
-from jianmu.calibration.ranks import Hierarchy, class_scores, decide, rank_scores
+from jianmu.calibration.fit import (
+    fit_rank_thresholds,
+    fit_statistics,
+    fit_temperature,
+    fit_unit_thresholds,
+    known_pool,
+    transfer_thresholds,
+    unseen_pool,
+)
+from jianmu.calibration.ranks import Hierarchy, class_scores, decide, rank_scores, rank_units
 from jianmu.calibration.scores import softmax
 from jianmu.cli import app
 from jianmu.data.synth import generate_dataset
@@ -189,6 +197,45 @@ def test_fitted_rank_thresholds_answer_a_species_never_seen_at_its_genus():
     answers = decide(scored, thresholds)
     genus = np.mean((answers == 1) & (scored.taxa["genus"] == hierarchy.names["genus"].index("A")))
     assert genus > 0.8 and np.mean(answers == 0) <= 0.05  # almost never a species answer
+
+
+def test_rank_thresholds_travel_between_models_in_units_of_their_validation_scores():
+    hierarchy = Hierarchy.from_lineage(LINEAGE, ["Aa", "Ab", "Ac", "Ba"])
+    statistics = fit_statistics(_outputs(0)).as_stored()
+    val = _outputs(1)
+    temperature = fit_temperature(val.logits, val.targets)
+
+    def scored(outputs: Outputs, alive=None):
+        scores = class_scores(statistics, "relative_mahalanobis", outputs.logits,
+                              outputs.embeddings, temperature)  # fmt: skip
+        return rank_scores(scores, softmax(outputs.logits, temperature), hierarchy, alive)
+
+    known = scored(val)
+    units = rank_units(known)
+    low, median, high = np.quantile(known.scores["genus"], [0.25, 0.5, 0.75])
+    assert units["genus"] == pytest.approx((median, high - low))
+    moved = transfer_thresholds({"species": 0.0, "genus": -1.0, "family": None}, known)
+    assert moved["species"] == pytest.approx(units["species"][0])
+    assert moved["genus"] == pytest.approx(median - (high - low))
+    assert moved["family"] == np.inf  # never answer at the family
+    floored = transfer_thresholds({"species": -5.0, "genus": -1.0, "family": None}, known, 0.0)
+    assert floored["species"] == 0.0  # never looser than the unknown rule's own threshold
+    # a model of the same recipe never trained on "A c": its photos may be "A sp.", never a species
+    unseen_rows = np.flatnonzero(val.targets == 2)
+    alive = np.array([True, True, False, True])
+    held = scored(val.subset(val.targets == 2), alive)
+    pool = unseen_pool(held.in_units(units), LINEAGE[2], hierarchy)
+    assert pool.truth.shape == (len(unseen_rows), 3)
+    assert (pool.truth[:, 0] == -2).all() and (
+        pool.truth[:, 1] == hierarchy.names["genus"].index("A")
+    ).all()
+    kept = val.subset(val.targets != 2)
+    pools = [known_pool(scored(kept).in_units(units), kept.targets, hierarchy), pool]
+    fitted = fit_unit_thresholds(pools, 0.02)
+    assert fitted["validation"]["worst_wrong"] <= 0.02
+    thresholds = transfer_thresholds(fitted["thresholds"], known)
+    answers = decide(held, thresholds)
+    assert np.mean(answers == 1) > 0.8 and np.mean(answers == 0) <= 0.02  # "A sp."
 
 
 # --- predict and verify with rank answers ---------------------------------------------------------

@@ -129,7 +129,20 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
         ]
         assert sum(shares) == pytest.approx(1.0)
         assert 0 < row["specimen_known_count"] < row["known_count"]
+    # each model again, with rank thresholds fitted on the other models' held-out species
+    assert [row["held_out"] for row in result.unseen_ranks] == [
+        row["held_out"] for row in result.ranks
+    ]
+    for row in result.unseen_ranks:
+        shares = sum(row[f"held_{rank}"] for rank in ("species", "genus", "family", "unknown"))
+        assert shares == pytest.approx(1.0) and row["held_count"] == 12
+    fitted = json.loads((tmp_path / "os" / "rank-thresholds.json").read_text())
+    assert sorted(fitted["held_out"]) == sorted(row["held_out"] for row in result.ranks)
+    assert set(fitted["thresholds_in_units"]["1"]) == {"species", "genus", "family"}
+    assert fitted["validation"]["1"]["worst_wrong"] <= config.calibration.max_wrong_rate
+    assert 0 <= saved["unseen_ranks_mean"]["1"]["held_wrong"] <= 1
     table = (tmp_path / "os" / "openset.md").read_text()
+    assert "fitted on species never seen" in table
     assert "Answers at the deepest sure rank, per photo" in table
     assert "Declarations, per specimen" in table and "specimen_held_right" in table
     checkpoint = tmp_path / "os" / f"without-{result.rows[0]['held_out']}" / "best.safetensors"
@@ -141,6 +154,23 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
     assert {row["held_out"] for row in one.rows} == {result.rows[0]["held_out"]}
     with pytest.raises(JianmuError, match="is no class folder"):
         leave_species_out(config, held_out=["Quercus_nowhere"])
+    # a model of the same recipe on every species, calibrated with those thresholds
+    full = train(
+        config.updated(out=str(tmp_path / "full"), calibration__open_set=str(tmp_path / "os"))
+    )
+    ranks = load_checkpoint(full.run_dir).meta["ranks"]
+    assert ranks["transferred"]["thresholds_in_units"] == fitted["thresholds_in_units"]
+    assert ranks["transferred"]["held_out"] == fitted["held_out"]
+    assert set(ranks["thresholds"]["1"]) == {"species", "genus", "family"}
+    # bad sources fail before anything is trained
+    for source, message in ((tmp_path / "nowhere", "no rank thresholds"),
+                            (tmp_path / "os" / "openset.json", "no rank thresholds")):  # fmt: skip
+        with pytest.raises(JianmuError, match=message):
+            train(config.updated(out=str(tmp_path / "bad"), calibration__open_set=str(source)))
+    with pytest.raises(JianmuError, match="was fitted for rule relative_mahalanobis"):
+        train(config.updated(out=str(tmp_path / "bad"), calibration__open_set=str(tmp_path / "os"),
+                             calibration__rule="msp"))  # fmt: skip
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_eval_follows_the_models_own_tta_setting(tmp_path):

@@ -11,8 +11,10 @@ on the best checkpoint; the int8 export calls it again on the quantized model.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from jianmu.calibration.ranks import (
     class_scores,
     decide,
     rank_scores,
+    rank_units,
 )
 from jianmu.calibration.scores import (
     KNN_K,
@@ -67,9 +70,11 @@ def calibrate(
     config: CalibrationConfig,
     seed: int = 0,
     hierarchy: Hierarchy | None = None,
+    transferred: dict[str, Any] | None = None,
 ) -> Fitted:
     """Fit temperature, statistics and thresholds on ``items["train"]`` and ``items["val"]``, and,
-    given the classes' ``hierarchy``, the rank thresholds (:func:`fit_rank_thresholds`).
+    given the classes' ``hierarchy``, the rank thresholds (:func:`fit_rank_thresholds`): with
+    ``transferred`` (:func:`read_rank_thresholds`), those fitted on species never seen, in units.
 
     Raises:
         JianmuError: no readable training or validation image.
@@ -110,10 +115,16 @@ def calibrate(
         if views > 1:
             single_view = calibration["single_view"]
             fits[1] = (single, single_view["temperature"], single_view["thresholds"][config.rule])
+        in_units = (transferred or {}).get("thresholds_in_units") or {}
+        if transferred is not None and any(str(count) not in in_units for count in fits):
+            raise JianmuError(
+                f"the open-set rank thresholds were fitted for {sorted(in_units)} views; this "
+                f"calibration needs {sorted(str(count) for count in fits)}"
+            )
         fitted = {
             str(count): fit_rank_thresholds(
                 statistics, config.rule, outputs, hierarchy, temperature_, config.max_wrong_rate,
-                species_floor,
+                species_floor, in_units.get(str(count)),
             )
             for count, (outputs, temperature_, species_floor) in fits.items()
         }  # fmt: skip
@@ -128,6 +139,8 @@ def calibrate(
             "validation": {count: fit["validation"] for count, fit in fitted.items()},
             "max_wrong_rate": config.max_wrong_rate,
         }
+        if transferred is not None:
+            record["ranks"]["transferred"] = transferred
     return Fitted(record, statistics, train.quality)
 
 
@@ -139,6 +152,7 @@ def fit_rank_thresholds(
     temperature: float,
     max_wrong_rate: float,
     species_floor: float = -np.inf,
+    in_units: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """The species, genus and family thresholds that answer as deep as possible with at most
     ``max_wrong_rate`` of wrong answers, on known validation images and, separately, on the same
@@ -149,6 +163,11 @@ def fit_rank_thresholds(
     validation image at that rank: a left-out class is easier to tell apart than a species never
     trained on.
 
+    With ``in_units`` (thresholds fitted on species other models of the recipe never saw,
+    :func:`fit_unit_thresholds`), those thresholds in this model's units (:func:`rank_units` of
+    its known validation photos) instead, the species one still never looser than
+    ``species_floor``.
+
     Returns:
         ``{"thresholds": {rank: t}, "validation": {...}}``: the wrong and answered shares reached.
     """
@@ -156,6 +175,13 @@ def fit_rank_thresholds(
     scores = class_scores(statistics, rule, val.logits, val.embeddings, temperature)
     known = rank_scores(scores, probabilities, hierarchy)
     known_truth = np.stack([hierarchy.member[rank][val.targets] for rank in RANKS], 1)
+    if in_units is not None:
+        thresholds = transfer_thresholds(in_units, known, species_floor)
+        figures = _judge(known, known_truth, thresholds)
+        return {
+            "thresholds": thresholds,
+            "validation": {f"known_{key}": value for key, value in figures.items()},
+        }
     unseen_parts, unseen_truth = [], []
     classes = len(hierarchy.member["species"])
     for left_out in range(classes):
@@ -184,6 +210,94 @@ def fit_rank_thresholds(
         for key, value in figure.items()
     }
     return {"thresholds": thresholds, "validation": validation}
+
+
+@dataclass
+class RankPool:
+    """Photos scored at every rank by one model, in its units (:func:`rank_units`), with what
+    each may rightly be answered (per rank, as :func:`_answerable`)."""
+
+    scored: RankScores
+    truth: np.ndarray  # N x 3
+
+
+def known_pool(scored: RankScores, targets: np.ndarray, hierarchy: Hierarchy) -> RankPool:
+    """Known photos (``targets``: their classes) and their classes' taxa."""
+    return RankPool(scored, np.stack([hierarchy.member[rank][targets] for rank in RANKS], 1))
+
+
+def unseen_pool(scored: RankScores, lineage: dict[str, str | None], hierarchy: Hierarchy):
+    """Photos of a species the model never saw, of ``lineage``: right at a rank only as a taxon
+    the model knows there (never as a species)."""
+    truth = [
+        -2 if rank == "species" or lineage.get(rank) not in hierarchy.names[rank]
+        else hierarchy.names[rank].index(lineage[rank])
+        for rank in RANKS
+    ]  # fmt: skip
+    return RankPool(scored, np.tile(truth, (len(scored.scores["species"]), 1)))
+
+
+def fit_unit_thresholds(pools: list[RankPool], max_wrong_rate: float) -> dict[str, Any]:
+    """Rank thresholds, in units, that answer as deep as possible with at most ``max_wrong_rate``
+    wrong in each pool: known photos and photos of species never seen, from models of one recipe
+    each trained without one species (the leave-species-out experiment).
+
+    Returns:
+        ``{"thresholds": {rank: t or None (never)}, "validation": {"worst_wrong",
+        "mean_depth"}}``: the largest wrong share of any pool, and the mean depth of the right
+        answers (species 3, genus 2, family 1).
+    """
+    pairs = [(pool.scored, pool.truth) for pool in pools]
+    thresholds = _search_thresholds(pairs, max_wrong_rate, {})
+    figures = [_judge(scored, truth, thresholds) for scored, truth in pairs]
+    validation = {
+        "worst_wrong": max(figure["wrong"] for figure in figures),
+        "mean_depth": float(np.mean([figure["depth"] for figure in figures])),
+    }
+    stored = {rank: (t if np.isfinite(t) else None) for rank, t in thresholds.items()}
+    return {"thresholds": stored, "validation": validation}
+
+
+def transfer_thresholds(
+    in_units: dict[str, float | None], known: RankScores, species_floor: float = -np.inf
+) -> dict[str, float]:
+    """Thresholds in units (None: never answer at that rank) as the scores of the model whose
+    known validation photos scored ``known``; the species one never looser than
+    ``species_floor``."""
+    units = rank_units(known)
+    thresholds = {
+        rank: np.inf if in_units.get(rank) is None
+        else float(in_units[rank]) * units[rank][1] + units[rank][0]
+        for rank in RANKS
+    }  # fmt: skip
+    thresholds["species"] = max(thresholds["species"], species_floor)
+    return thresholds
+
+
+def read_rank_thresholds(file: str | Path, rule: str, max_wrong_rate: float) -> dict[str, Any]:
+    """The rank thresholds a leave-species-out experiment fitted on its held-out species
+    (its ``rank-thresholds.json``), for a calibration by ``rule`` to ``max_wrong_rate``.
+
+    Raises:
+        JianmuError: no such file, not such thresholds, or fitted for another rule or rate.
+    """
+    file = Path(file)
+    try:
+        found = json.loads(file.read_text(encoding="utf-8"))
+        in_units = found["thresholds_in_units"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise JianmuError(
+            f"calibration.open_set: no rank thresholds in {file} (run `jianmu eval --open-set` "
+            "with the same recipe first)"
+        ) from None
+    if found.get("rule") != rule or found.get("max_wrong_rate") != max_wrong_rate:
+        raise JianmuError(
+            f"calibration.open_set: {file} was fitted for rule {found.get('rule')} and "
+            f"max_wrong_rate {found.get('max_wrong_rate')}; this calibration uses {rule} and "
+            f"{max_wrong_rate}"
+        )
+    return {"thresholds_in_units": in_units, "held_out": found.get("held_out", []),
+            "source": str(file)}  # fmt: skip
 
 
 def _answerable(hierarchy: Hierarchy, left_out: int, alive: np.ndarray) -> np.ndarray:

@@ -10,10 +10,12 @@ classes hold the most calibrated probability, and its score is the best score of
 answer is the first rank, from species down to family, whose score reaches that rank's threshold (a
 rank answers only when the model knows at least two taxa at it);
 thresholds are fitted by :func:`jianmu.calibration.fit.fit_rank_thresholds` for a stated wrong
-rate, and stored in a model's metadata::
+rate (or carried over, in units of the validation scores, from models of the recipe trained
+without a species each: ``calibration.open_set``), and stored in a model's metadata::
 
     "ranks": {"thresholds": {"1": {"species": t, "genus": t, "family": t}, "8": {...}},
-              "max_wrong_rate": 0.01, "validation": {...}}
+              "max_wrong_rate": 0.01, "validation": {...},
+              "transferred": {"thresholds_in_units", "held_out", "source"}}  # open_set only
     "hierarchy": {"lineage": [{"species", "genus", "family"} per class], "flags": {...}}
 """
 
@@ -77,6 +79,14 @@ class RankScores:
         return RankScores(
             {rank: taxa[rows] for rank, taxa in self.taxa.items()},
             {rank: scores[rows] for rank, scores in self.scores.items()},
+        )
+
+    def in_units(self, units: dict[str, tuple[float, float]]) -> RankScores:
+        """The scores in a model's own units (:func:`rank_units`): ``(score - centre) / spread``
+        at each rank."""
+        return RankScores(
+            dict(self.taxa),
+            {rank: (self.scores[rank] - units[rank][0]) / units[rank][1] for rank in RANKS},
         )
 
     @staticmethod
@@ -156,6 +166,22 @@ def rank_scores(
     return RankScores(taxa, best)
 
 
+def rank_units(known: RankScores) -> dict[str, tuple[float, float]]:
+    """Per rank, the median and interquartile range of the scores of known validation photos
+    (those with a candidate taxon there): the unit in which a threshold travels between models of
+    one recipe, whose raw scores are not on one scale."""
+    units = {}
+    for rank in RANKS:
+        scores = known.scores[rank]
+        scores = scores[np.isfinite(scores) & (known.taxa[rank] >= 0)]
+        if len(scores) < 2:
+            units[rank] = (0.0, 1.0)
+            continue
+        low, median, high = np.quantile(scores, [0.25, 0.5, 0.75])
+        units[rank] = (float(median), float(high - low) if high > low else 1.0)
+    return units
+
+
 def decide(scored: RankScores, thresholds: dict[str, float]) -> np.ndarray:
     """Each image's answer as the index of its rank in :data:`RANKS` (3: unknown)."""
     answer = np.full(len(scored.scores["species"]), len(RANKS))
@@ -202,8 +228,7 @@ class RankRule:
         thresholds = self.thresholds_for(views)
         if not self.fitted or thresholds is None:
             return None
-        scores = class_scores(self.statistics, self.rule, logits, embeddings, temperature)
-        scored = rank_scores(scores, probabilities, self.hierarchy, None, self.class_margin)
+        scored = self.scored(logits, embeddings, probabilities, temperature)
         answers = decide(scored, thresholds)
         result = RankAnswers([], [], [])
         for row, position in enumerate(answers):
@@ -220,6 +245,13 @@ class RankRule:
             result.taxon.append(evidence[rank]["taxon"] if rank != UNKNOWN_RANK else None)
             result.evidence.append(evidence)
         return result
+
+    def scored(
+        self, logits: np.ndarray, embeddings: np.ndarray, probabilities: np.ndarray, temperature
+    ) -> RankScores:
+        """The candidate taxa and scores of images at every rank."""
+        scores = class_scores(self.statistics, self.rule, logits, embeddings, temperature)
+        return rank_scores(scores, probabilities, self.hierarchy, None, self.class_margin)
 
     def species_of(self, index: int) -> str:
         """The species a class stands for (its own name outside every taxonomy)."""

@@ -136,7 +136,10 @@ def export(config: Config, model: str | Path) -> ExportResult:
     if settings.int8 and "unknown" in meta:
         # int8 moves the outputs a little: calibrate again, for the same promise.
         hierarchy = bundle.calibrator.ranks.hierarchy
-        fitted = calibrate(bundle.run, items, settings_of(meta), config.seed, hierarchy)
+        transferred = (meta.get("ranks") or {}).get("transferred")
+        fitted = calibrate(
+            bundle.run, items, settings_of(meta), config.seed, hierarchy, transferred
+        )
         meta |= fitted.record
         meta["unknown"]["refit_for_int8"] = True
         statistics = fitted.statistics.to_arrays(keep_knn=meta["unknown"]["rule"] == "knn")

@@ -21,14 +21,20 @@ import numpy as np
 
 from jianmu import metrics
 from jianmu.bundle import load_model
-from jianmu.calibration.apply import Calibrator
+from jianmu.calibration.apply import Calibrator, resolve_calibration
 from jianmu.calibration.fit import (
+    RankPool,
     calibrate,
     fit_statistics,
     fit_temperature,
+    fit_unit_thresholds,
+    known_pool,
     threshold_for_recall,
+    transfer_thresholds,
+    unseen_pool,
 )
-from jianmu.calibration.scores import RULES, FeatureStatistics
+from jianmu.calibration.ranks import RankScores, rank_units
+from jianmu.calibration.scores import RULES, FeatureStatistics, softmax
 from jianmu.config import Config
 from jianmu.data.audit import scan_images
 from jianmu.data.preprocess import DIHEDRAL_VIEWS
@@ -41,7 +47,7 @@ from jianmu.engine.train import TrainReporter, train
 from jianmu.errors import JianmuError, did_you_mean
 from jianmu.files import write_text_atomic
 from jianmu.rundir import ExperimentDir, held_out_name
-from jianmu.taxonomy import class_hierarchy, lineage_of, load_taxonomy
+from jianmu.taxonomy import Lineage, class_hierarchy, lineage_of, load_taxonomy
 from jianmu.verdict import (
     CANNOT_DECIDE,
     CONSISTENT,
@@ -66,6 +72,9 @@ class OpenSetResult:
     ranks: list[dict[str, Any]] = field(default_factory=list)
     """Per held-out species and number of views: how the model's rank rule answered its photos
     and the known test photos, and how declarations fared."""
+    unseen_ranks: list[dict[str, Any]] = field(default_factory=list)
+    """The same with rank thresholds fitted on the other held-out species (each never seen by
+    its model) instead of the model's own classes left out in turn."""
     wall_seconds: float = 0.0
 
     def mean(self, rule: str, key: str) -> float:
@@ -87,14 +96,18 @@ class OpenSetResult:
             "best_rule": self.best_rule,
             "ranks": self.ranks,
             "ranks_mean": self.rank_means(),
+            "unseen_ranks": self.unseen_ranks,
+            "unseen_ranks_mean": self.rank_means(self.unseen_ranks),
             "wall_seconds": round(self.wall_seconds, 1),
         }
 
-    def rank_means(self) -> dict[str, dict[str, float]]:
-        """The rank figures averaged over the held-out species, per number of views."""
+    def rank_means(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+        """The rank figures (of ``ranks``, by default :attr:`ranks`) averaged over the held-out
+        species, per number of views."""
+        ranks = self.ranks if ranks is None else ranks
         means = {}
-        for views in sorted({row["views"] for row in self.ranks}):
-            rows = [row for row in self.ranks if row["views"] == views]
+        for views in sorted({row["views"] for row in ranks}):
+            rows = [row for row in ranks if row["views"] == views]
             means[str(views)] = {
                 key: statistics.fmean(row[key] for row in rows)
                 for key in RANK_KEYS
@@ -117,6 +130,8 @@ def leave_species_out(
         JianmuError: no data, fewer than 3 species, or a ``held_out`` name that is no class folder.
     """
     started = time.perf_counter()
+    # the held-out models are calibrated as usual: their rank thresholds are what is fitted here
+    config = config.updated(calibration__open_set=None)
     root = data_root(config)
     folder = ExperimentDir(config.out or Path("runs") / time.strftime("openset-%Y%m%d-%H%M%S"))
     samples = find_samples(root, config.data.extensions, config.data.specimen_pattern)
@@ -132,6 +147,7 @@ def leave_species_out(
             + did_you_mean(unknown_names[0], classes)
         )
     result = OpenSetResult(folder.path)
+    folds: list[_Fold] = []
     for held in [name for name in classes if held_out is None or name in held_out]:
         run = folder.run(held_out_name(held))
         known_rows = [row for row in rows if row.label != held]
@@ -144,12 +160,19 @@ def leave_species_out(
             train(config.model_copy(update={"out": run.path, "data": data}), resume, reporter)
         unknown = [(root / row.path, -1) for row in rows if row.label == held]
         specimen_of = {root / row.path: row.specimen for row in rows}
-        scored, ranks = _score_held_out(
+        scored, ranks, fold = _score_held_out(
             run.best, known_rows, unknown, root, config, held, views, specimen_of
         )
         result.rows += scored
         result.ranks += ranks
+        folds.append(fold)
         write_text_atomic(folder.openset, json.dumps(result.to_dict(), indent=2))
+    if sum(bool(fold.pools) for fold in folds) >= 2:
+        max_wrong = config.calibration.max_wrong_rate
+        result.unseen_ranks = [row for fold in folds
+                               for row in _unseen_calibrated(fold, folds, max_wrong)]  # fmt: skip
+        write_text_atomic(folder.rank_thresholds, json.dumps(
+            _rank_thresholds(folds, config), indent=2))  # fmt: skip
     result.wall_seconds = time.perf_counter() - started
     write_text_atomic(folder.openset, json.dumps(result.to_dict(), indent=2))
     write_text_atomic(folder.openset_table, open_set_markdown(result))
@@ -171,6 +194,8 @@ def _score_held_out(checkpoint, known_rows, unknown, root, config, held, views, 
     entry = taxonomy.match(held).entry
     held_flags = entry.flags if entry is not None else []
     rows, ranks = [], []
+    top = min(config.predict.top_k, bundle.num_classes)
+    fold = _Fold(held, bundle, calibrator, top, truth, held_flags)
     for view_count in views:
         outputs, specimens = {}, {}
         for split, split_items in {**items, "unknown": unknown}.items():
@@ -181,13 +206,102 @@ def _score_held_out(checkpoint, known_rows, unknown, root, config, held, views, 
         for rule, report in _rule_reports(outputs, target).items():
             name = rule if view_count == 1 else f"{rule}+tta{view_count}"
             rows.append({"held_out": held, "rule": name, **report})
-        if calibrator.ranks.thresholds_for(view_count) is not None:
-            top = min(config.predict.top_k, bundle.num_classes)
+        if calibrator.ranks.fitted and calibrator.ranks.thresholds_for(view_count) is not None:
             figures = _rank_report(
                 bundle, calibrator, outputs, specimens, view_count, top, truth, held_flags
             )
             ranks.append({"held_out": held, "views": view_count, **figures})
-    return rows, ranks
+            fold.keep(view_count, outputs, specimens)
+    return rows, ranks, fold
+
+
+@dataclass
+class _Fold:
+    """A model trained without one species, with what its rank rule is judged on again once
+    every fold is trained: per number of views, its outputs, and its validation photos and the
+    held-out species' photos scored at every rank in its units (:func:`rank_units`)."""
+
+    held: str
+    bundle: Any
+    calibrator: Calibrator
+    top: int
+    truth: Lineage
+    held_flags: list[str]
+    outputs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    specimens: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+    known: dict[int, RankScores] = field(default_factory=dict)
+    pools: dict[int, list[RankPool]] = field(default_factory=dict)
+
+    def keep(self, views: int, outputs, specimens) -> None:
+        self.outputs[views], self.specimens[views] = outputs, specimens
+        temperature = self.calibrator.calibration(views).temperature
+        ranks = self.calibrator.ranks
+
+        def scored(split: str) -> RankScores:
+            found = outputs[split]
+            probabilities = softmax(found.logits, temperature)
+            return ranks.scored(found.logits, found.embeddings, probabilities, temperature)
+
+        known = self.known[views] = scored("val")
+        units = rank_units(known)
+        self.pools[views] = [
+            known_pool(known.in_units(units), outputs["val"].targets, ranks.hierarchy),
+            unseen_pool(scored("unknown").in_units(units), self.truth.to_dict(), ranks.hierarchy),
+        ]
+
+    def species_floor(self, views: int) -> float:
+        """The unknown-species rule's own threshold, which the species rank never undercuts."""
+        meta = {key: value for key, value in self.calibrator.meta.items() if key != "ranks"}
+        return resolve_calibration(meta, views).threshold
+
+    def with_thresholds(self, views: int, thresholds: dict[str, float]) -> Calibrator:
+        ranks = dict(self.calibrator.meta["ranks"])
+        stored = {rank: (t if np.isfinite(t) else None) for rank, t in thresholds.items()}
+        ranks["thresholds"] = {**ranks["thresholds"], str(views): stored}
+        return Calibrator({**self.calibrator.meta, "ranks": ranks}, self.calibrator.statistics)
+
+
+def _unseen_calibrated(fold: _Fold, folds: list[_Fold], max_wrong_rate: float) -> list[dict]:
+    """``fold``'s rank rule with thresholds fitted on the other folds' known validation photos
+    and held-out species (never on its own), carried over in units."""
+    rows = []
+    for views in fold.pools:
+        others = [other for other in folds if other is not fold]
+        pools = [pool for other in others for pool in other.pools.get(views, [])]
+        fitted = fit_unit_thresholds(pools, max_wrong_rate)
+        thresholds = transfer_thresholds(
+            fitted["thresholds"], fold.known[views], fold.species_floor(views)
+        )
+        calibrator = fold.with_thresholds(views, thresholds)
+        figures = _rank_report(
+            fold.bundle, calibrator, fold.outputs[views], fold.specimens[views], views, fold.top,
+            fold.truth, fold.held_flags,
+        )  # fmt: skip
+        rows.append({"held_out": fold.held, "views": views, **figures})
+    return rows
+
+
+def _rank_thresholds(folds: list[_Fold], config: Config) -> dict[str, Any]:
+    """Rank thresholds in units fitted on every fold's known validation photos and held-out
+    species: what a model of this recipe, trained on every species, can be calibrated with
+    (``calibration.open_set``)."""
+    counts = sorted({views for fold in folds for views in fold.pools})
+    fitted = {
+        views: fit_unit_thresholds(
+            [pool for fold in folds for pool in fold.pools.get(views, [])],
+            config.calibration.max_wrong_rate,
+        )
+        for views in counts
+    }
+    return {
+        "thresholds_in_units": {str(v): fit["thresholds"] for v, fit in fitted.items()},
+        "validation": {str(v): fit["validation"] for v, fit in fitted.items()},
+        "held_out": [fold.held for fold in folds if fold.pools],
+        "rule": config.calibration.rule,
+        "max_wrong_rate": config.calibration.max_wrong_rate,
+        "units": "per rank, (score - median) / interquartile range of the model's known "
+        "validation photos",
+    }
 
 
 def _rank_calibrator(bundle, items, config: Config) -> Calibrator:
@@ -357,22 +471,27 @@ def open_set_markdown(result: OpenSetResult) -> str:
 
 def _rank_tables(result: OpenSetResult) -> list[str]:
     lines = []
-    for unit, prefix in (("photo", ""), ("specimen", "specimen_")):
-        rows = [row for row in result.ranks if prefix + "held_right" in row]
-        if rows:
-            lines += _unit_tables(rows, result.rank_means(), unit, prefix)
+    unseen_title = (
+        "With rank thresholds fitted on species never seen (each model's thresholds carried "
+        "over, in units, from the other held-out species and their models): "
+    )
+    for title, ranks in (("", result.ranks), (unseen_title, result.unseen_ranks)):
+        for unit, prefix in (("photo", ""), ("specimen", "specimen_")):
+            rows = [row for row in ranks if prefix + "held_right" in row]
+            if rows:
+                lines += _unit_tables(rows, result.rank_means(ranks), unit, prefix, title)
     return lines
 
 
-def _unit_tables(rows, means, unit: str, prefix: str) -> list[str]:
+def _unit_tables(rows, means, unit: str, prefix: str, title: str = "") -> list[str]:
     """The rank rule's answers and the declarations, per ``unit`` (photo or specimen)."""
     answers = [prefix + key for key in _ANSWER_KEYS]
     declarations = [prefix + key for key in _DECLARATION_KEYS]
     lines = [
-        f"Answers at the deepest sure rank, per {unit}: each held-out species' {unit}s (right: "
-        "at the deepest rank a model without it could rightly answer; wrong: a wrong taxon at "
-        "the rank given; flagged: a regulatory flag stated as certain; flagged_wrong: a flag "
-        f"stated that the species does not carry) and the known test {unit}s.",
+        f"{title}Answers at the deepest sure rank, per {unit}: each held-out species' {unit}s "
+        "(right: at the deepest rank a model without it could rightly answer; wrong: a wrong "
+        "taxon at the rank given; flagged: a regulatory flag stated as certain; flagged_wrong: "
+        f"a flag stated that the species does not carry) and the known test {unit}s.",
         "",
         "| held-out species | views | expected | " + " | ".join(answers) + " |",
         "|---|---|---|" + "---|" * len(answers),
@@ -384,10 +503,10 @@ def _unit_tables(rows, means, unit: str, prefix: str) -> list[str]:
         lines.append(_row(["**mean**", views, ""], [mean.get(k, float("nan")) for k in answers]))
     lines += [
         "",
-        f"Declarations, per {unit}: every test {unit} declared as what it is and as each other "
-        f"species (the held-out one included), and every held-out {unit} as each known species. "
-        "truthful_held: truthful declarations found inconsistent; false_caught: false ones "
-        "found inconsistent or left to the lab (cannot decide).",
+        f"{title}Declarations, per {unit}: every test {unit} declared as what it is and as each "
+        f"other species (the held-out one included), and every held-out {unit} as each known "
+        "species. truthful_held: truthful declarations found inconsistent; false_caught: false "
+        "ones found inconsistent or left to the lab (cannot decide).",
         "",
         "| held-out species | views | " + " | ".join(declarations) + " |",
         "|---|---|" + "---|" * len(declarations),

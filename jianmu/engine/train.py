@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 import jianmu
 from jianmu.bundle import TorchBundle
-from jianmu.calibration.fit import calibrate
+from jianmu.calibration.fit import calibrate, read_rank_thresholds
 from jianmu.config import Config, TrainConfig, load_config, save_config
 from jianmu.data.dataset import (
     EpochSampler,
@@ -63,7 +63,7 @@ from jianmu.models import (
     unwrap_model,
 )
 from jianmu.report.plots import plot_curves
-from jianmu.rundir import RunDir
+from jianmu.rundir import ExperimentDir, RunDir
 from jianmu.taxonomy import class_hierarchy, load_taxonomy
 
 MONITOR_MODE = {"val_top1": max, "val_macro_f1": max, "val_loss": min}
@@ -141,6 +141,7 @@ def train(
             raise JianmuError(f"{resume}: nothing to resume (no {missing} from a jianmu run)")
         config = load_config(RunDir(resume).config)
     check_loggers(config.train.loggers)  # a missing library fails here, before anything is written
+    transferred = open_set_thresholds(config)  # so does a missing open-set experiment
     use_deterministic(config.train.deterministic)
     seed_everything(config.seed)
     splits = load_splits(config)  # bad data fails here, before a run folder is made
@@ -189,7 +190,7 @@ def train(
         _barrier(runtime)
         test_metrics = None
         if runtime.is_main:
-            bundle = calibrate_best(run, splits, config, runtime.device)
+            bundle = calibrate_best(run, splits, config, runtime.device, transferred)
             test_metrics = _test_best(run, bundle, splits.items["test"])
             plot_curves(history, run.curves)
         trackers.log_end(run, {**(test_metrics or {}), "best_epoch": best["epoch"]}, best["epoch"])
@@ -201,11 +202,16 @@ def train(
 
 
 def calibrate_best(
-    run: RunDir, splits: DataSplits, config: Config, device: torch.device | str = "cpu"
+    run: RunDir,
+    splits: DataSplits,
+    config: Config,
+    device: torch.device | str = "cpu",
+    transferred: dict[str, Any] | None = None,
 ) -> TorchBundle:
-    """Fit the best checkpoint's calibration (:func:`jianmu.calibration.fit.calibrate`) on the
-    run's own training and validation images, and the photo-quality bounds on the measures of the
-    same training photos (:func:`jianmu.data.quality.fit_quality`); store both in the checkpoint."""
+    """Fit the best checkpoint's calibration (:func:`jianmu.calibration.fit.calibrate`, with the
+    rank thresholds ``transferred`` from an open-set experiment where given) on the run's own
+    training and validation images, and the photo-quality bounds on the measures of the same
+    training photos (:func:`jianmu.data.quality.fit_quality`); store both in the checkpoint."""
     checkpoint = load_checkpoint(run.best)
     bundle = TorchBundle.from_checkpoint(checkpoint, run.best, device)
     hierarchy = bundle.calibrator.ranks.hierarchy
@@ -214,11 +220,24 @@ def calibrate_best(
         batch_size=config.calibration.batch_size,
         read_timeout=config.data.read_timeout,
     )
-    fitted = calibrate(outputs, splits.items, config.calibration, config.seed, hierarchy)
+    fitted = calibrate(
+        outputs, splits.items, config.calibration, config.seed, hierarchy, transferred
+    )
     extras = {name: torch.from_numpy(a) for name, a in fitted.statistics.to_arrays().items()}
     record = {**fitted.record, "quality": fit_quality(fitted.train_quality, config.quality)}
     save_checkpoint(run.best, checkpoint.state_dict, {**checkpoint.meta, **record}, extras)
     return bundle
+
+
+def open_set_thresholds(config: Config) -> dict[str, Any] | None:
+    """The rank thresholds ``calibration.open_set`` names (an experiment folder of ``jianmu eval
+    --open-set``, or its ``rank-thresholds.json``), or None."""
+    source = config.calibration.open_set
+    if source is None:
+        return None
+    file = ExperimentDir(source).rank_thresholds if Path(source).is_dir() else Path(source)
+    settings = config.calibration
+    return read_rank_thresholds(file, settings.rule, settings.max_wrong_rate)
 
 
 def train_one_epoch(
