@@ -16,6 +16,7 @@ from jianmu.cli import app
 from jianmu.data.split import manifest_items, read_manifest
 from jianmu.data.synth import generate_dataset
 from jianmu.engine.evaluate import evaluate
+from jianmu.engine.export import export
 from jianmu.engine.leave_species_out import leave_species_out
 from jianmu.engine.train import train
 from jianmu.errors import JianmuError
@@ -162,6 +163,9 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
     assert ranks["transferred"]["thresholds_in_units"] == fitted["thresholds_in_units"]
     assert ranks["transferred"]["held_out"] == fitted["held_out"]
     assert set(ranks["thresholds"]["1"]) == {"species", "genus", "family"}
+    # the int8 export calibrates again, with the same thresholds in units
+    int8 = export(settings(out=tmp_path / "full.int8.onnx", export__int8=True), full.run_dir)
+    assert load_model(int8.path).meta["ranks"]["transferred"] == ranks["transferred"]
     # bad sources fail before anything is trained
     for source, message in ((tmp_path / "nowhere", "no rank thresholds"),
                             (tmp_path / "os" / "openset.json", "no rank thresholds")):  # fmt: skip
