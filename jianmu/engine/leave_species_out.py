@@ -4,6 +4,12 @@ calibrated as usual), then every rule is fitted on its outputs (:mod:`jianmu.cal
 the same fitting as after training) and scored on the known test images and on all images of the
 held-out species. Trained runs are reused, so an interrupted experiment continues.
 
+Once every model is scored, the rank thresholds are fitted on what the calibration of one model
+cannot see, species really never trained on: each model is judged again with thresholds fitted on
+the other models' known validation photos and held-out species (in units of each model's
+validation scores, :func:`jianmu.calibration.ranks.rank_units`), and the thresholds fitted on all
+of them are written to ``rank-thresholds.json`` for ``calibration.open_set``.
+
 This is an experiment, not a step of training: nothing on the calibration path imports it.
 """
 
