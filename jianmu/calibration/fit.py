@@ -174,7 +174,7 @@ def fit_rank_thresholds(
     probabilities = softmax(val.logits, temperature)
     scores = class_scores(statistics, rule, val.logits, val.embeddings, temperature)
     known = rank_scores(scores, probabilities, hierarchy)
-    known_truth = np.stack([hierarchy.member[rank][val.targets] for rank in RANKS], 1)
+    known_truth = known_pool(known, val.targets, hierarchy).truth
     if in_units is not None:
         thresholds = transfer_thresholds(in_units, known, species_floor)
         figures = _judge(known, known_truth, thresholds)

@@ -273,8 +273,7 @@ def _unseen_calibrated(fold: _Fold, folds: list[_Fold], max_wrong_rate: float) -
     rows = []
     for views in fold.pools:
         others = [other for other in folds if other is not fold]
-        pools = [pool for other in others for pool in other.pools.get(views, [])]
-        fitted = fit_unit_thresholds(pools, max_wrong_rate)
+        fitted = fit_unit_thresholds(_pooled(others, views), max_wrong_rate)
         thresholds = transfer_thresholds(
             fitted["thresholds"], fold.known[views], fold.species_floor(views)
         )
@@ -287,16 +286,18 @@ def _unseen_calibrated(fold: _Fold, folds: list[_Fold], max_wrong_rate: float) -
     return rows
 
 
+def _pooled(folds: list[_Fold], views: int) -> list[RankPool]:
+    """The folds' known and held-out pools scored with ``views`` views."""
+    return [pool for fold in folds for pool in fold.pools.get(views, [])]
+
+
 def _rank_thresholds(folds: list[_Fold], config: Config) -> dict[str, Any]:
     """Rank thresholds in units fitted on every fold's known validation photos and held-out
     species: what a model of this recipe, trained on every species, can be calibrated with
     (``calibration.open_set``)."""
     counts = sorted({views for fold in folds for views in fold.pools})
     fitted = {
-        views: fit_unit_thresholds(
-            [pool for fold in folds for pool in fold.pools.get(views, [])],
-            config.calibration.max_wrong_rate,
-        )
+        views: fit_unit_thresholds(_pooled(folds, views), config.calibration.max_wrong_rate)
         for views in counts
     }
     return {
