@@ -271,8 +271,8 @@ def _unseen_calibrated(fold: _Fold, folds: list[_Fold], max_wrong_rate: float) -
     """``fold``'s rank rule with thresholds fitted on the other folds' known validation photos
     and held-out species (never on its own), carried over in units."""
     rows = []
+    others = [other for other in folds if other is not fold]
     for views in fold.pools:
-        others = [other for other in folds if other is not fold]
         fitted = fit_unit_thresholds(_pooled(others, views), max_wrong_rate)
         thresholds = transfer_thresholds(
             fitted["thresholds"], fold.known[views], fold.species_floor(views)
