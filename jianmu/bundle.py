@@ -42,9 +42,9 @@ import numpy as np
 from jianmu.calibration.apply import Calibration, Calibrator
 from jianmu.calibration.extend import ClassMap, network_outputs
 from jianmu.calibration.scores import FeatureStatistics
-from jianmu.config import DataConfig
+from jianmu.config import AugmentConfig, DataConfig
 from jianmu.data.images import READ_TIMEOUT
-from jianmu.data.preprocess import DIHEDRAL_VIEWS, dihedral
+from jianmu.data.preprocess import DIHEDRAL_VIEWS, augmented_views, dihedral
 from jianmu.data.quality import MEASURES, QualityGate
 from jianmu.data.spec import TransformSpec
 from jianmu.data.stream import Batch, Decode, stream_batches
@@ -113,6 +113,17 @@ class ModelBundle:
         return min(
             int(data.get("min_image_side", DataConfig().min_image_side)), self.spec.input_size
         )
+
+    @property
+    def tta_views(self) -> int:
+        """The views test-time augmentation averages for this model: those its training's flips
+        and quarter turns covered (:func:`~jianmu.data.preprocess.augmented_views`; 4 for an
+        insect wing, which has an up, 8 for end grain); all 8 where the metadata does not say."""
+        augment = (self.meta.get("config") or {}).get("augment")
+        if not augment:
+            return DIHEDRAL_VIEWS
+        flips = {name: augment[name] for name in ("hflip", "vflip", "rotate90") if name in augment}
+        return augmented_views(AugmentConfig(**flips))
 
     @functools.cached_property
     def gallery(self) -> Gallery | None:

@@ -358,7 +358,8 @@ def eval_command(
         bool | None,
         typer.Option(
             "--tta/--no-tta",
-            help="8 flips/rotations per image (eval.tta; default: as the model was calibrated)",
+            help="the flips/quarter turns the model trained with, averaged (eval.tta; default: as "
+            "the model was calibrated)",
         ),
     ] = None,
     open_set: Annotated[
@@ -495,7 +496,12 @@ TopKOption = Annotated[
     int | None, typer.Option("--top-k", min=1, help="species shown per image (default 3)")
 ]
 TtaOption = Annotated[
-    bool | None, typer.Option("--tta/--no-tta", help="8 flips/rotations per image (8x slower)")
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta",
+        help="average the flips/quarter turns the model trained with (8 views for end grain, "
+        "4 for insect wings; that many times slower)",
+    ),
 ]
 SpecimenPatternOption = Annotated[
     str | None,

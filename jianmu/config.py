@@ -183,8 +183,9 @@ class CalibrationConfig(_Strict):
     )
     tta: bool = Field(
         default=False,
-        description="also fit for the 8 flips/quarter turns (test-time augmentation); eval then "
-        "uses them unless eval.tta says otherwise",
+        description="also fit for test-time augmentation: the flips/quarter turns training "
+        "used (8 views with augment.rotate90, 4 with both flips); eval then uses them unless "
+        "eval.tta says otherwise",
     )
     max_wrong_rate: float = Field(
         default=0.01,
@@ -234,7 +235,9 @@ class QualityConfig(_Strict):
 class EvalConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
     tta: bool | None = Field(
-        default=None, description="8 flips/quarter turns; default: as the model was calibrated"
+        default=None,
+        description="the model's test-time views (its training's flips/quarter turns); default: "
+        "as the model was calibrated",
     )
     split: Split = Field(default="test", description="the manifest split evaluated")
 
@@ -243,7 +246,11 @@ class PredictConfig(_Strict):
     """What ``jianmu predict`` does with field photos (``--set predict.top_k=5``)."""
 
     top_k: int = Field(default=3, ge=1, description="species per image; the rest is 'other'")
-    tta: bool = Field(default=False, description="8 flips/quarter turns per image (8x slower)")
+    tta: bool = Field(
+        default=False,
+        description="average the flips/quarter turns the model trained with (up to 8 views: as "
+        "many times slower)",
+    )
     batch_size: int | None = Field(default=None, ge=1, description="default: the model form's")
     workers: int | None = Field(default=None, ge=1, description="decoding threads; default: CPUs")
     specimen_pattern: str | None = Field(

@@ -18,6 +18,7 @@ from jianmu.data.synth import generate_dataset
 from jianmu.engine.evaluate import evaluate
 from jianmu.engine.export import export
 from jianmu.engine.leave_species_out import leave_species_out
+from jianmu.engine.predict import predict
 from jianmu.engine.train import train
 from jianmu.errors import JianmuError
 from jianmu.models import load_checkpoint
@@ -73,7 +74,7 @@ def test_eval_writes_the_report_and_survives_bad_and_unknown_images(trained, tmp
     assert [path for path, _ in evaluation.unreadable] == [str(bad)]
     assert "broken.jpg" in (out / "report.md").read_text()
     assert evaluation.specimen_metrics is not None  # photos grouped by specimen folders
-    assert evaluation.tta["views"] == 8
+    assert evaluation.tta["views"] == 2  # trained with left-right flips only: 2 views
     assert evaluation.open_set["unknown_count"] == 6  # Tectona is not in the model
     assert 0.0 <= evaluation.open_set["unknown_rejection"] <= 1.0
     with open(out / "predictions.csv", newline="") as stream:
@@ -102,7 +103,7 @@ def test_cli_eval(trained, tmp_path):
 def test_open_set_protocol_table_and_reuse(tmp_path):
     generate_dataset(tmp_path / "data", "wood", classes=3, per_class=12, size=48, seed=4)
     config = tiny_config(tmp_path / "data", tmp_path / "os", "train.epochs=1")
-    result = leave_species_out(config, views=(1,))
+    result = leave_species_out(config, tta=False)
     assert len(result.rows) == 3 * len(RULES)
     assert result.best_rule in RULES
     for row in result.rows:
@@ -148,10 +149,10 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
     assert "Declarations, per specimen" in table and "specimen_held_right" in table
     checkpoint = tmp_path / "os" / f"without-{result.rows[0]['held_out']}" / "best.safetensors"
     stamp = checkpoint.stat().st_mtime
-    again = leave_species_out(config, views=(1,))  # trained runs are reused, not trained again
+    again = leave_species_out(config, tta=False)  # trained runs are reused, not trained again
     assert again.rows == result.rows
     assert checkpoint.stat().st_mtime == stamp
-    one = leave_species_out(config, views=(1,), held_out=[result.rows[0]["held_out"]])
+    one = leave_species_out(config, tta=False, held_out=[result.rows[0]["held_out"]])
     assert {row["held_out"] for row in one.rows} == {result.rows[0]["held_out"]}
     with pytest.raises(JianmuError, match="is no class folder"):
         leave_species_out(config, held_out=["Quercus_nowhere"])
@@ -177,9 +178,31 @@ def test_open_set_protocol_table_and_reuse(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_tta_averages_only_the_views_training_covered(tmp_path):
+    """Trained with flips but no quarter turns (as insect wings are): calibration, eval and
+    predict average the 4 flips, never the quarter turns the model never saw."""
+    generate_dataset(tmp_path / "data", "wood", classes=3, per_class=12, size=48, seed=5)
+    config = tiny_config(
+        tmp_path / "data", tmp_path / "run", "calibration.tta=true", "train.epochs=1",
+        "augment.hflip=true", "augment.vflip=true", "augment.rotate90=false",
+    )  # fmt: skip
+    run = train(config)
+    bundle = load_model(run.run_dir)
+    assert bundle.tta_views == 4 and bundle.meta["calibration"]["views"] == 4
+    assert bundle.meta["ranks"]["thresholds"].keys() == {"1", "4"}
+    evaluation = evaluate(config.updated(out=tmp_path / "eval"), bundle)
+    assert evaluation.tta["views"] == 4 and evaluation.open_set["views"] == 4
+    photos = sorted((tmp_path / "data").rglob("*.jpg"))[:3]
+    found = predict(settings(predict__tta=True), bundle, photos)
+    assert found.summary["views"] == 4 and found.summary["tta"] is True
+    assert found.images[0]["threshold"] == bundle.calibration(4).threshold
+
+
 def test_cli_eval_follows_the_models_own_tta_setting(tmp_path):
     generate_dataset(tmp_path / "data", "wood", classes=3, per_class=12, size=48, seed=5)
-    config = tiny_config(tmp_path / "data", tmp_path / "run", "calibration.tta=true")
+    config = tiny_config(
+        tmp_path / "data", tmp_path / "run", "calibration.tta=true", "augment.rotate90=true"
+    )  # a flip and quarter turns: all 8 views
     run = train(config.updated(train__epochs=1))
     assert load_checkpoint(run.run_dir).meta["calibration"]["views"] == 8
     runner = CliRunner()

@@ -34,7 +34,6 @@ from jianmu.bundle import load_model
 from jianmu.cli import app
 from jianmu.data.images import MAX_PIXELS
 from jianmu.data.inputs import find_inputs
-from jianmu.data.preprocess import DIHEDRAL_VIEWS
 from jianmu.data.synth import generate_dataset
 from jianmu.engine.export import export
 from jianmu.engine.predict import PredictInterrupted, predict
@@ -57,7 +56,7 @@ SPECIMEN_KEYS = {
 SUMMARY_KEYS = {
     "model", "model_format", "images", "ok", "failed", "identified", "unknown", "ranks",
     "per_species", "flagged", "possibly_flagged", "regulated_specimens", "seconds",
-    "images_per_s", "tta",
+    "images_per_s", "tta", "views",
 }  # fmt: skip
 # What each odd file of the field folder must come out as.
 EXPECTED_STATUS = {
@@ -411,8 +410,8 @@ def test_backends_agree_and_tta(trained, field, tmp_path):
     np.testing.assert_allclose(shares[1], shares[0], atol=1e-4)
     np.testing.assert_allclose(shares[2], shares[0], atol=1e-4)
     tta = predict(settings(predict__tta=True), onnx, [field / "S01"])
-    assert tta.summary["tta"] is True
-    assert tta.images[0]["threshold"] == load_model(onnx).calibration(DIHEDRAL_VIEWS).threshold
+    assert tta.summary["tta"] is True and tta.summary["views"] == 2  # trained with hflip only
+    assert tta.images[0]["threshold"] == load_model(onnx).calibration(2).threshold
 
 
 def test_onnx_predict_imports_no_torch(trained, field, tmp_path):

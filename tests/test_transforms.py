@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from jianmu.config import AugmentConfig, find_configs_dir, read_yaml
+from jianmu.data.preprocess import DIHEDRAL_VIEWS, augmented_views, dihedral
 from jianmu.data.preview import PADDING, render_preview
 from jianmu.data.spec import resolve_transform_spec
 from jianmu.data.transforms import (
@@ -62,6 +63,22 @@ def test_normalize_false_gives_uint8_images():
     transform = build_train_transform(AugmentConfig(), 24, MEAN, STD, normalize=False)
     out = transform(_image())
     assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (24, 24, 3)
+
+
+def test_test_time_views_are_those_training_covers():
+    batch = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    views = [dihedral(batch, view).tobytes() for view in range(DIHEDRAL_VIEWS)]
+    assert len(set(views)) == 8  # the 8 symmetries of a square, each once
+    flips = [batch, batch[..., ::-1], batch[..., ::-1, :], batch[..., ::-1, ::-1]]
+    assert views[:2] == [flip.tobytes() for flip in flips[:2]]  # as is, left-right
+    assert views[:4] == [flip.tobytes() for flip in flips]  # and upside down, and both
+    shipped = {path.stem: augmented_views(AugmentConfig.model_validate(read_yaml(path)))
+               for path in PRESETS}  # fmt: skip
+    assert shipped == {"end_grain": 8, "seed": 8, "insect": 4}  # a wing has an up
+    assert augmented_views(AugmentConfig()) == 2  # left-right flips only
+    assert augmented_views(AugmentConfig(hflip=False, vflip=True)) == 1
+    assert augmented_views(AugmentConfig(hflip=False, rotate90=True)) == 1
+    assert augmented_views(AugmentConfig(hflip=False, vflip=True, rotate90=True)) == 8
 
 
 def test_same_seed_same_augmentations():

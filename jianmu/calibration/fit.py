@@ -1,7 +1,7 @@
 """Fitting a model's calibration on its own outputs: the temperature on validation logits, the
 feature statistics on training embeddings, and each unknown-species rule's threshold for the
-target share of known validation images, for one view and (with ``calibration.tta``) for the 8
-dihedral views.
+target share of known validation images, for one view and (with ``calibration.tta``) for the
+test-time views the model's training covered (``tta_views``: 8 flips and quarter turns, or 4 flips).
 
 :func:`calibrate` is the one fitting procedure. It gets the model's outputs from ``run`` (a
 bundle's :meth:`~jianmu.bundle.ModelBundle.run`): the same runner and numpy/OpenCV preprocessing
@@ -71,15 +71,18 @@ def calibrate(
     seed: int = 0,
     hierarchy: Hierarchy | None = None,
     transferred: dict[str, Any] | None = None,
+    tta_views: int = DIHEDRAL_VIEWS,
 ) -> Fitted:
     """Fit temperature, statistics and thresholds on ``items["train"]`` and ``items["val"]``, and,
     given the classes' ``hierarchy``, the rank thresholds (:func:`fit_rank_thresholds`): with
     ``transferred`` (:func:`read_rank_thresholds`), those fitted on species never seen, in units.
+    With ``config.tta``, fitted for ``tta_views`` views too (the model's
+    :attr:`~jianmu.bundle.ModelBundle.tta_views`).
 
     Raises:
         JianmuError: no readable training or validation image.
     """
-    views = DIHEDRAL_VIEWS if config.tta else 1
+    views = tta_views if config.tta else 1
     train = _readable(run(seeded_subset(items["train"], MAX_KNN_BANK, seed), views), "training")
     val = _readable(run(items["val"], views), "validation")
     statistics = fit_statistics(train).as_stored()  # thresholds for the float32 statistics

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from jianmu.config import AugmentConfig
 from jianmu.data.images import READ_TIMEOUT, ImageProbe, open_image
 from jianmu.data.quality import measure
 from jianmu.data.spec import INTERPOLATION_NAMES, TransformSpec
@@ -39,15 +40,40 @@ def interpolation_flag(name: str) -> int:
     return INTERPOLATIONS[name]
 
 
-# The 8 symmetries of a square: end-grain and seed photos have no "up", so each is a valid view.
-DIHEDRAL_VIEWS = 8
+# The 8 symmetries of a square, as (quarter turns, then a left-right flip), ordered so that the
+# first 2 (a left-right flip) and the first 4 (both flips) are views on their own: a model trained
+# with flips but no quarter turns (insect wings have an up) is shown only the views it learnt.
+_SYMMETRIES = (
+    (0, False),
+    (0, True),
+    (2, True),
+    (2, False),
+    (1, False),
+    (1, True),
+    (3, False),
+    (3, True),
+)
+DIHEDRAL_VIEWS = len(_SYMMETRIES)
 
 
 def dihedral(batch: np.ndarray, view: int) -> np.ndarray:
-    """View ``view`` (0..7) of an N x C x H x W batch: ``view % 4`` quarter turns, then a flip
-    if ``view >= 4``."""
-    rotated = np.rot90(batch, view % 4, axes=(2, 3))
-    return np.ascontiguousarray(rotated[..., ::-1] if view >= 4 else rotated)
+    """View ``view`` (0..7) of an N x C x H x W batch: 0 as is, 1 flipped left-right, 2 upside
+    down, 3 turned by half, 4-7 quarter turns, as is and flipped."""
+    turns, flip = _SYMMETRIES[view]
+    rotated = np.rot90(batch, turns, axes=(2, 3))
+    return np.ascontiguousarray(rotated[..., ::-1] if flip else rotated)
+
+
+def augmented_views(augment: AugmentConfig) -> int:
+    """How many of the :func:`dihedral` views training with ``augment``'s flips and quarter turns
+    covers: what test-time augmentation averages over (8 with quarter turns and a flip, 4 with
+    both flips, 2 with the left-right one; else 1: an up-down flip alone, or turns without a
+    flip, are not a run of views from the first)."""
+    if augment.rotate90 and (augment.hflip or augment.vflip):
+        return DIHEDRAL_VIEWS
+    if augment.hflip and augment.vflip:
+        return 4
+    return 2 if augment.hflip else 1
 
 
 def decode_size(spec: TransformSpec) -> int:

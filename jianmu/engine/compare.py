@@ -21,7 +21,6 @@ from typing import Any
 
 from jianmu.bundle import ModelBundle, load_model
 from jianmu.config import CompareConfig, Config
-from jianmu.data.preprocess import DIHEDRAL_VIEWS
 from jianmu.data.samples import find_samples, natural_key
 from jianmu.data.split import ManifestRow, read_manifest, write_manifest
 from jianmu.engine.baseline import Comparison, Tolerance, build_tolerances
@@ -144,7 +143,7 @@ def compare(
         left_out={
             side: sum(row.label in classes[side] - shared for row in in_split) for side in SIDES
         },
-        speed=speed | {"views": _speed_views(config)},
+        speed=speed,
         evaluations=evaluations,
     )
     result.notes = _notes(result, evaluations)
@@ -235,12 +234,12 @@ def measure_speed(
     settings = config.compare
     repeats = -(-settings.speed_images // len(items))  # a small split: its images again
     sample = (items * repeats)[: settings.speed_images]
-    views = _speed_views(config)
+    views = {side: _speed_views(config, bundle) for side, bundle in bundles.items()}
 
-    def seconds(bundle: ModelBundle) -> float:
+    def seconds(side: str, bundle: ModelBundle) -> float:
         started = time.perf_counter()
         bundle.run(
-            sample, views, config.predict.batch_size, config.predict.workers,
+            sample, views[side], config.predict.batch_size, config.predict.workers,
             read_timeout=config.data.read_timeout,
         )  # fmt: skip
         return time.perf_counter() - started
@@ -251,13 +250,15 @@ def measure_speed(
         for spent in times.values()
     ):
         for side, bundle in bundles.items():
-            times[side].append(seconds(bundle))
+            times[side].append(seconds(side, bundle))
     best = {side: len(sample) / min(spent) for side, spent in times.items()}
-    return best | {"images": len(sample), "runs": min(len(spent) for spent in times.values())}
+    shown = "/".join(str(count) for count in dict.fromkeys(views.values()))  # "8", or "8/4"
+    runs = min(len(spent) for spent in times.values())
+    return best | {"images": len(sample), "runs": runs, "views": shown}
 
 
-def _speed_views(config: Config) -> int:
-    return DIHEDRAL_VIEWS if config.predict.tta else 1
+def _speed_views(config: Config, bundle: ModelBundle) -> int:
+    return bundle.tta_views if config.predict.tta else 1
 
 
 def _load(*models: str | Path | ModelBundle) -> list[ModelBundle]:

@@ -23,7 +23,6 @@ from jianmu.bundle import ModelBundle, load_model
 from jianmu.calibration.apply import calibrated_views
 from jianmu.calibration.scores import softmax
 from jianmu.config import IMAGE_EXTENSIONS, Config
-from jianmu.data.preprocess import DIHEDRAL_VIEWS
 from jianmu.data.samples import Sample, class_index, find_samples
 from jianmu.data.split import read_manifest
 from jianmu.engine.splits import data_root
@@ -150,7 +149,7 @@ def resolve_views(config: Config, bundle: ModelBundle) -> int:
     """The test-time views eval uses: ``eval.tta``, or (unset) the model's calibrated views."""
     if config.eval.tta is None:
         return calibrated_views(bundle.meta)
-    return DIHEDRAL_VIEWS if config.eval.tta else 1
+    return bundle.tta_views if config.eval.tta else 1
 
 
 def _specimen_pattern(config: Config, bundle: ModelBundle) -> str | None:

@@ -138,7 +138,13 @@ def export(config: Config, model: str | Path) -> ExportResult:
         hierarchy = bundle.calibrator.ranks.hierarchy
         transferred = (meta.get("ranks") or {}).get("transferred")
         fitted = calibrate(
-            bundle.run, items, settings_of(meta), config.seed, hierarchy, transferred
+            bundle.run,
+            items,
+            settings_of(meta),
+            config.seed,
+            hierarchy,
+            transferred,
+            tta_views=bundle.tta_views,
         )
         meta |= fitted.record
         meta["unknown"]["refit_for_int8"] = True

@@ -43,7 +43,6 @@ from jianmu.calibration.ranks import RankScores, rank_units
 from jianmu.calibration.scores import RULES, FeatureStatistics, softmax
 from jianmu.config import Config
 from jianmu.data.audit import scan_images
-from jianmu.data.preprocess import DIHEDRAL_VIEWS
 from jianmu.data.samples import find_samples, natural_key
 from jianmu.data.split import manifest_items, split_samples, write_manifest
 from jianmu.engine.evaluate import rank_figures
@@ -66,8 +65,6 @@ from jianmu.verdict import (
     deepest_answer,
     top_k,
 )
-
-VIEWS = (1, DIHEDRAL_VIEWS)
 
 
 @dataclass
@@ -125,12 +122,13 @@ class OpenSetResult:
 def leave_species_out(
     config: Config,
     reporter: TrainReporter | None = None,
-    views: tuple[int, ...] = VIEWS,
+    tta: bool = True,
     held_out: list[str] | None = None,
 ) -> OpenSetResult:
     """Hold each species out in turn (or only the class folders ``held_out``): train on the
-    others, score every rule (for each number of test-time ``views``) on known test images and on
-    all images of the held-out species, and the rank rule's answers and declarations.
+    others, score every rule (with one view and, with ``tta``, the model's test-time views) on
+    known test images and on all images of the held-out species, and the rank rule's answers and
+    declarations.
 
     Raises:
         JianmuError: no data, fewer than 3 species, or a ``held_out`` name that is no class folder.
@@ -167,7 +165,7 @@ def leave_species_out(
         unknown = [(root / row.path, -1) for row in rows if row.label == held]
         specimen_of = {root / row.path: row.specimen for row in rows}
         scored, ranks, fold = _score_held_out(
-            run.best, known_rows, unknown, root, config, held, views, specimen_of
+            run.best, known_rows, unknown, root, config, held, tta, specimen_of
         )
         result.rows += scored
         result.ranks += ranks
@@ -185,7 +183,7 @@ def leave_species_out(
     return result
 
 
-def _score_held_out(checkpoint, known_rows, unknown, root, config, held, views, specimen_of):
+def _score_held_out(checkpoint, known_rows, unknown, root, config, held, tta, specimen_of):
     """Every rule's figures, and the rank rule's answers and declarations (per photo, and per
     specimen where photos share one: ``specimen_of`` path -> specimen), for one held-out run."""
     bundle = load_model(checkpoint)
@@ -202,7 +200,7 @@ def _score_held_out(checkpoint, known_rows, unknown, root, config, held, views, 
     rows, ranks = [], []
     top = min(config.predict.top_k, bundle.num_classes)
     fold = _Fold(held, bundle, calibrator, top, truth, held_flags)
-    for view_count in views:
+    for view_count in (1, bundle.tta_views) if tta and bundle.tta_views > 1 else (1,):
         outputs, specimens = {}, {}
         for split, split_items in {**items, "unknown": unknown}.items():
             found = bundle.run(split_items, view_count)
@@ -317,7 +315,9 @@ def _rank_calibrator(bundle, items, config: Config) -> Calibrator:
     The fitting is seeded, so for a run trained by this code it is the calibration it carries."""
     run = partial(bundle.run, batch_size=config.calibration.batch_size)
     hierarchy = bundle.calibrator.ranks.hierarchy
-    fitted = calibrate(run, items, config.calibration, config.seed, hierarchy)
+    fitted = calibrate(
+        run, items, config.calibration, config.seed, hierarchy, tta_views=bundle.tta_views
+    )
     meta = {**bundle.meta, **fitted.record}
     return Calibrator(meta, FeatureStatistics.from_arrays(fitted.statistics.to_arrays()))
 

@@ -36,7 +36,7 @@ from jianmu.config import Config
 from jianmu.data.declarations import Declarations
 from jianmu.data.images import ImageDecodeError, decode_image, read_image_bytes
 from jianmu.data.inputs import InputImage, find_inputs, path_key
-from jianmu.data.preprocess import DIHEDRAL_VIEWS, decode_size, preprocess_measured
+from jianmu.data.preprocess import decode_size, preprocess_measured
 from jianmu.data.quality import QualityGate, described
 from jianmu.data.samples import class_index
 from jianmu.data.spec import TransformSpec
@@ -194,7 +194,7 @@ def build_labels(
 ) -> Labels:
     """What the records of ``bundle`` say, as the settings say: ``predict.top_k``, the views of
     ``predict.tta`` and the quality gate when ``quality.gate`` is on."""
-    views = DIHEDRAL_VIEWS if config.predict.tta else 1
+    views = bundle.tta_views if config.predict.tta else 1
     gate = bundle.quality_gate if config.quality.gate else None
     top = max(1, min(config.predict.top_k, bundle.num_classes))
     return Labels(bundle, top, views, declarations, gate)
@@ -786,6 +786,7 @@ class _Tally:
             "seconds": round(seconds, 3),
             "images_per_s": round(processed / seconds, 2) if seconds > 0 else 0.0,
             "tta": views > 1,
+            "views": views,
             "top_k": self.labels.top_k,
             "threshold": self.labels.threshold,
             "extended": bundle.extension_summary(),

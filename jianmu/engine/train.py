@@ -221,7 +221,13 @@ def calibrate_best(
         read_timeout=config.data.read_timeout,
     )
     fitted = calibrate(
-        outputs, splits.items, config.calibration, config.seed, hierarchy, transferred
+        outputs,
+        splits.items,
+        config.calibration,
+        config.seed,
+        hierarchy,
+        transferred,
+        tta_views=bundle.tta_views,
     )
     extras = {name: torch.from_numpy(a) for name, a in fitted.statistics.to_arrays().items()}
     record = {**fitted.record, "quality": fit_quality(fitted.train_quality, config.quality)}

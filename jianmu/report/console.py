@@ -608,5 +608,5 @@ def _predict_summary_table(summary: dict) -> Table:
     if summary.get("resumed"):
         table.add_row("taken from the previous output", str(summary["resumed"]))
     speed = f"{summary['images_per_s']:.1f} images/s, {summary['seconds']:.1f} s"
-    table.add_row("speed", speed + (" (TTA x8)" if summary["tta"] else ""))
+    table.add_row("speed", speed + (f" (TTA x{summary['views']})" if summary["tta"] else ""))
     return table

@@ -188,10 +188,11 @@ def _summary_section(images: list[dict], summary: Mapping[str, Any]) -> str:
     speed, seconds = _fraction(summary.get("images_per_s")), _fraction(summary.get("seconds"))
     speed_text = "–" if speed is None else f"{speed:.1f} images/s"
     seconds_text = "–" if seconds is None else f"{seconds:.1f} s"
+    tta = f"on ({esc(summary.get('views', '?'))} views)" if summary.get("tta") else "off"
     about = (
         f"Model {esc(summary.get('model', '?'))} ({esc(model_format)}); "
         f"{esc(summary.get('images', len(images)))} images in {seconds_text} ({speed_text}); "
-        f"test-time augmentation {'on' if summary.get('tta') else 'off'}. "
+        f"test-time augmentation {tta}. "
         "Probabilities are calibrated; “other” is the share of all remaining classes. "
         f"Photo-quality gate: {esc(summary.get('quality_gate', 'off'))}."
     )
