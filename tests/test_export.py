@@ -105,7 +105,8 @@ def test_int8_export_is_quantized_guarded_and_keeps_its_unknown_recall(run, tmp_
     batch = val_batch(run, bundle, count=100)
     rule_thresholds = {bundle.tta_views: meta["unknown"]["threshold"]}
     rule_thresholds[1] = meta["calibration"]["single_view"]["thresholds"][meta["unknown"]["rule"]]
-    for views in (1, bundle.tta_views):  # thresholds chosen again for the int8 model's own embeddings
+    # thresholds chosen again for the int8 model's own embeddings
+    for views in (1, bundle.tta_views):
         scores = bundle.predict(batch, views).scores
         assert (scores >= rule_thresholds[views]).mean() >= meta["unknown"]["target_known_recall"]
 

@@ -252,9 +252,8 @@ def measure_speed(
         for side, bundle in bundles.items():
             times[side].append(seconds(side, bundle))
     best = {side: len(sample) / min(spent) for side, spent in times.items()}
-    shown = "/".join(str(count) for count in dict.fromkeys(views.values()))  # "8", or "8/4"
     runs = min(len(spent) for spent in times.values())
-    return best | {"images": len(sample), "runs": runs, "views": shown}
+    return best | {"images": len(sample), "runs": runs, "views": views}
 
 
 def _speed_views(config: Config, bundle: ModelBundle) -> int:

@@ -90,6 +90,10 @@ def compare_table(result: Any) -> Table:
 
 def compare_markdown(result: Any) -> str:
     old, new = result.models["old"], result.models["new"]
+    views = result.speed["views"]  # per side: each model's own test-time views
+    speed_views = (
+        f"{views['old']}" if views["old"] == views["new"] else f"{views['old']} / {views['new']}"
+    )
     lines = [
         f"# compare: {old['path']} -> {new['path']}",
         "",
@@ -100,7 +104,7 @@ def compare_markdown(result: Any) -> str:
         f"- data: `{result.data}`, split `{result.split}` of `{result.manifest}`: "
         f"{result.images} images, {result.unknown_images} of species neither model knows",
         f"- speed: images/s through the runner on {result.speed['images']} images, "
-        f"{result.speed['views']} view(s): the fastest of {result.speed['runs']} alternating runs",
+        f"{speed_views} view(s): the fastest of {result.speed['runs']} alternating runs",
         "",
         f"**{'PASS' if result.ok else 'FAIL'}**: {result.comparison.summary()}",
         "",
