@@ -199,6 +199,34 @@ def test_fitted_rank_thresholds_answer_a_species_never_seen_at_its_genus():
     assert genus > 0.8 and np.mean(answers == 0) <= 0.05  # almost never a species answer
 
 
+def test_msp_scores_a_taxon_by_the_probability_of_its_classes_together():
+    hierarchy = Hierarchy.from_lineage(LINEAGE, ["Aa", "Ab", "Ac", "Ba"])
+    probabilities = np.array([[0.3, 0.3, 0.3, 0.1], [0.05, 0.05, 0.1, 0.8]])
+    scored = rank_scores(probabilities, probabilities, hierarchy, summed=True)
+    assert scored.scores["species"] == pytest.approx([0.3, 0.8])
+    assert scored.scores["genus"] == pytest.approx([0.9, 0.8])  # "A sp." at 90%, "B sp." 80%
+    assert list(scored.taxa["genus"]) == [0, 1]
+    best_of = rank_scores(probabilities, probabilities, hierarchy)
+    assert best_of.scores["genus"] == pytest.approx([0.3, 0.8])  # a distance rule: the nearest
+    # "A c" left out: a softmax without it shares its 30% among the other three
+    alive = np.array([True, True, False, True])
+    without = rank_scores(probabilities[:1], probabilities[:1], hierarchy, alive, summed=True)
+    assert without.scores["species"] == pytest.approx([0.3 / 0.7])
+    assert without.scores["genus"] == pytest.approx([0.6 / 0.7])
+    # fitted on the hand-made embeddings, the genus answers an unseen "A c" and keeps its rate
+    train, val = _outputs(0), _outputs(1)
+    statistics = fit_statistics(train).as_stored()
+    temperature = fit_temperature(val.logits, val.targets)
+    fitted = fit_rank_thresholds(statistics, "msp", val, hierarchy, temperature, 0.02)
+    assert fitted["validation"]["unseen_wrong"] <= 0.02
+    test = _outputs(2)
+    rows = np.flatnonzero(test.targets == 2)
+    probabilities = softmax(test.logits, temperature)[rows]
+    held = rank_scores(probabilities, probabilities, hierarchy, alive, summed=True)
+    answers = decide(held, fitted["thresholds"])
+    assert np.mean(answers == 1) > 0.8 and np.mean(answers == 0) <= 0.05
+
+
 def test_rank_thresholds_travel_between_models_in_units_of_their_validation_scores():
     hierarchy = Hierarchy.from_lineage(LINEAGE, ["Aa", "Ab", "Ac", "Ba"])
     statistics = fit_statistics(_outputs(0)).as_stored()

@@ -24,6 +24,7 @@ from scipy.special import log_softmax
 from jianmu.calibration.ranks import (
     RANKED_RULES,
     RANKS,
+    SUMMED_RULES,
     Hierarchy,
     RankScores,
     class_scores,
@@ -176,7 +177,8 @@ def fit_rank_thresholds(
     """
     probabilities = softmax(val.logits, temperature)
     scores = class_scores(statistics, rule, val.logits, val.embeddings, temperature)
-    known = rank_scores(scores, probabilities, hierarchy)
+    summed = rule in SUMMED_RULES
+    known = rank_scores(scores, probabilities, hierarchy, summed=summed)
     known_truth = known_pool(known, val.targets, hierarchy).truth
     if in_units is not None:
         thresholds = transfer_thresholds(in_units, known, species_floor)
@@ -192,7 +194,8 @@ def fit_rank_thresholds(
         if not len(rows) or classes < 2:
             continue
         alive = np.arange(classes) != left_out
-        unseen_parts.append(rank_scores(scores[rows], probabilities[rows], hierarchy, alive))
+        scored = rank_scores(scores[rows], probabilities[rows], hierarchy, alive, summed=summed)
+        unseen_parts.append(scored)
         unseen_truth.append(np.tile(_answerable(hierarchy, left_out, alive), (len(rows), 1)))
     pools = [(known, known_truth)]
     if unseen_parts:

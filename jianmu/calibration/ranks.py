@@ -6,7 +6,9 @@ unknown-species rule's score of that class alone (for ``relative_mahalanobis``: 
 Mahalanobis score of the class's Gaussian; for ``msp``: its calibrated probability). At the
 species rank the candidate is the top class by probability and the score is the best class score,
 as in the unknown-species rule; at the genus and family ranks the candidate is the taxon whose
-classes hold the most calibrated probability, and its score is the best score of its classes. The
+classes hold the most calibrated probability, and its score is the best score of its classes (a
+distance to the nearest of them), or for ``msp`` the sum of their probabilities (what the model
+gives the taxon: ten congeners at 9% each make a genus at 90%). The
 answer is the first rank, from species down to family, whose score reaches that rank's threshold (a
 rank answers only when the model knows at least two taxa at it);
 thresholds are fitted by :func:`jianmu.calibration.fit.fit_rank_thresholds` for a stated wrong
@@ -32,6 +34,8 @@ RANKS = ("species", "genus", "family")
 UNKNOWN_RANK = "unknown"
 # Rules whose score is the best of per-class scores, so that a taxon can be scored by its classes.
 RANKED_RULES = ("msp", "mahalanobis", "relative_mahalanobis")
+# Rules whose class scores are probabilities: a taxon scores the sum of its classes'.
+SUMMED_RULES = ("msp",)
 
 
 @dataclass(frozen=True)
@@ -132,18 +136,21 @@ def rank_scores(
     hierarchy: Hierarchy,
     alive: np.ndarray | None = None,
     class_margin: np.ndarray | None = None,
+    summed: bool = False,
 ) -> RankScores:
     """Candidate taxa and their scores at every rank (see the module docstring); ``alive`` leaves
     classes out, as calibration does to stand in for species the model never saw;
     ``class_margin`` (K, >= 0, inf: never) is taken off each class's score at every rank
     (species added without retraining, :mod:`jianmu.calibration.extend`: their evidence counts
-    for less, also for the genus and family they bring)."""
-    if class_margin is not None:
-        scores = scores - class_margin[None, :]
+    for less, also for the genus and family they bring). ``summed`` (the rule's scores are the
+    probabilities, :data:`SUMMED_RULES`): a taxon scores the sum of its classes', and classes left
+    out share theirs among the rest, as a softmax without their logits would."""
     if alive is not None:
-        scores = np.where(alive[None, :], scores, -np.inf)
         probabilities = np.where(alive[None, :], probabilities, 0.0)
         probabilities = probabilities / np.maximum(probabilities.sum(1, keepdims=True), 1e-300)
+        scores = probabilities if summed else np.where(alive[None, :], scores, -np.inf)
+    if class_margin is not None:
+        scores = scores - class_margin[None, :]
     taxa, best = {}, {}
     for rank in RANKS:
         matrix = hierarchy.matrix(rank, alive)
@@ -161,7 +168,10 @@ def rank_scores(
         shares = probabilities @ matrix.astype(np.float64)
         candidate = shares.argmax(1)
         within = matrix.T[candidate]  # N x K: the classes of each image's candidate
-        best[rank] = np.where(within, scores, -np.inf).max(1)
+        if summed:
+            best[rank] = np.where(within, np.maximum(scores, 0.0), 0.0).sum(1)
+        else:
+            best[rank] = np.where(within, scores, -np.inf).max(1)
         taxa[rank] = np.where(matrix.any(0)[candidate], candidate, -1)
     return RankScores(taxa, best)
 
@@ -251,7 +261,8 @@ class RankRule:
     ) -> RankScores:
         """The candidate taxa and scores of images at every rank."""
         scores = class_scores(self.statistics, self.rule, logits, embeddings, temperature)
-        return rank_scores(scores, probabilities, self.hierarchy, None, self.class_margin)
+        summed = self.rule in SUMMED_RULES
+        return rank_scores(scores, probabilities, self.hierarchy, None, self.class_margin, summed)
 
     def species_of(self, index: int) -> str:
         """The species a class stands for (its own name outside every taxonomy)."""
