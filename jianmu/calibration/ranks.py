@@ -32,7 +32,7 @@ from jianmu.calibration.scores import FeatureStatistics, softmax, squared_distan
 
 RANKS = ("species", "genus", "family")
 UNKNOWN_RANK = "unknown"
-# Rules whose score is the best of per-class scores, so that a taxon can be scored by its classes.
+# Rules with a score per class, so that a taxon can be scored by its classes.
 RANKED_RULES = ("msp", "mahalanobis", "relative_mahalanobis")
 # Rules whose class scores are probabilities: a taxon scores the sum of its classes'.
 SUMMED_RULES = ("msp",)
