@@ -148,7 +148,9 @@ def rank_scores(
     if alive is not None:
         probabilities = np.where(alive[None, :], probabilities, 0.0)
         probabilities = probabilities / np.maximum(probabilities.sum(1, keepdims=True), 1e-300)
-        scores = probabilities if summed else np.where(alive[None, :], scores, -np.inf)
+        scores = np.where(alive[None, :], scores, -np.inf)
+    if summed:
+        scores = probabilities  # the rule's class scores are the (renormalised) probabilities
     if class_margin is not None:
         scores = scores - class_margin[None, :]
     taxa, best = {}, {}
@@ -169,7 +171,7 @@ def rank_scores(
         candidate = shares.argmax(1)
         within = matrix.T[candidate]  # N x K: the classes of each image's candidate
         if summed:
-            best[rank] = np.where(within, np.maximum(scores, 0.0), 0.0).sum(1)
+            best[rank] = (np.maximum(scores, 0.0) * within).sum(1)  # margins may make some -inf
         else:
             best[rank] = np.where(within, scores, -np.inf).max(1)
         taxa[rank] = np.where(matrix.any(0)[candidate], candidate, -1)
